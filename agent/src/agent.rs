@@ -1,0 +1,489 @@
+//! The control loop: boot (identity, settings), then reconcile the data
+//! plane and the routes on a fixed tick until asked to stop.
+//!
+//! Order matters and is the invariant of this module: routes are claimed
+//! only once forwarding, the ruleset and the disabled source/dest check are
+//! verified in place and egress has been proven, so a route never points at
+//! an instance that would drop the traffic.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use crate::config::{parse_port_range, Config};
+use crate::ec2::Ec2;
+use crate::identity::{read_identity_with_retries, Identity, Metadata, AZ_TAG, GROUP_TAG};
+use crate::kernel::{self, Outcome, Sysctl};
+use crate::nft::{Nft, Pass, Reconciler};
+use crate::notify;
+use crate::probe::{self, RiseFall};
+use crate::routes::{self, Claim, Me};
+use crate::ruleset::{self, RulesetSpec};
+use crate::state::{area, Shared};
+
+/// Switches for tests; none is reachable from the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Pretend the source/dest check is disabled without calling EC2, to
+    /// prove in the lab that its check is real.
+    pub skip_source_dest_check: bool,
+}
+
+pub type Ec2Factory =
+    Box<dyn Fn(&Identity) -> Pin<Box<dyn Future<Output = Arc<dyn Ec2>> + Send>> + Send + Sync>;
+
+/// The kernel and cloud edges the agent works through.
+pub struct Edges {
+    pub metadata: Arc<dyn Metadata>,
+    pub nft: Arc<dyn Nft>,
+    pub sysctl: Arc<dyn Sysctl>,
+    pub ec2: Ec2Factory,
+}
+
+/// Values resolved at boot from the configuration, IMDS and the kernel.
+#[derive(Debug, Clone)]
+struct Resolved {
+    identity: Identity,
+    group: String,
+    spec: RulesetSpec,
+    settings: Vec<kernel::Setting>,
+}
+
+pub struct Agent {
+    pub config: Config,
+    pub options: Options,
+    pub shared: Arc<Shared>,
+    pub edges: Edges,
+}
+
+/// How often a verified-disabled source/dest check is read again: someone
+/// may turn it back on, which silently blackholes forwarded traffic.
+const SOURCE_DEST_RECHECK: Duration = Duration::from_secs(60);
+
+impl Agent {
+    /// Runs until `shutdown` resolves. The data plane is left in place on
+    /// exit: the agent is never in the data path.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => info!("stopping before the data plane was set up"),
+            _ = self.run_inner() => {}
+        }
+        notify::stopping();
+    }
+
+    async fn run_inner(&self) {
+        let resolved = self.boot().await;
+        self.shared.update(|s| {
+            s.identity = Some(resolved.identity.clone());
+            s.group = Some(resolved.group.clone());
+            s.config = json!({
+                "file": &self.config,
+                "effective": {
+                    "group": resolved.group,
+                    "ruleset": resolved.spec,
+                    "sysctls": resolved.settings,
+                },
+            });
+        });
+        info!(
+            instance = %resolved.identity.instance_id,
+            az = %resolved.identity.availability_zone,
+            group = %resolved.group,
+            egress = %resolved.spec.egress,
+            flowtable = resolved.spec.flowtable,
+            "identity resolved"
+        );
+        tokio::spawn(run_prober(self.config.clone(), self.shared.clone()));
+        let ec2 = (self.edges.ec2)(&resolved.identity).await;
+        self.control_loop(&resolved, ec2.as_ref()).await;
+    }
+
+    /// Reads identity and resolves settings, retrying with backoff until
+    /// everything needed is known. Problems show in /readyz meanwhile.
+    async fn boot(&self) -> Resolved {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            *self.shared.last_pass.lock().expect("lock") = Instant::now();
+            match self.try_boot().await {
+                Ok(r) => return r,
+                Err((area, message)) => {
+                    warn!(area, "{message}; retrying in {delay:?}");
+                    self.shared.set_problem(area, message);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn try_boot(&self) -> Result<Resolved, (&'static str, String)> {
+        let identity =
+            read_identity_with_retries(self.edges.metadata.as_ref(), 3, Duration::from_millis(200))
+                .await
+                .map_err(|e| (area::METADATA, e.to_string()))?;
+        self.shared.clear_problem(area::METADATA);
+        let group = self.config.group.clone().or_else(|| identity.group_tag.clone()).ok_or((
+            area::GROUP,
+            format!(
+                "no `group` in the configuration and instance {} has no {GROUP_TAG} tag in its metadata \
+                 (tag it, or enable instance tags in its metadata options)",
+                identity.instance_id
+            ),
+        ))?;
+        self.shared.clear_problem(area::GROUP);
+        let egress = match &self.config.nat.egress_interface {
+            Some(name) => name.clone(),
+            None => kernel::default_route_interface().ok_or((
+                area::EGRESS_INTERFACE,
+                "no IPv4 default route to take the egress interface from (set nat.egress_interface)".to_string(),
+            ))?,
+        };
+        self.shared.clear_problem(area::EGRESS_INTERFACE);
+        let flowtable = self.config.nat.flowtable
+            && self
+                .edges
+                .nft
+                .check(&ruleset::flowtable_probe(&egress))
+                .await
+                .is_ok();
+        self.shared
+            .update(|s| s.dataplane.flowtable = Some(flowtable));
+        if self.config.nat.flowtable && !flowtable {
+            info!(egress = %egress, "kernel has no nftables flowtables; using the slow path only");
+        }
+        let spec = RulesetSpec {
+            egress: egress.clone(),
+            sources: self
+                .config
+                .nat
+                .source_cidrs
+                .clone()
+                .unwrap_or_else(|| identity.vpc_cidrs.clone()),
+            port_range: parse_port_range(&self.config.nat.port_range).expect("validated"),
+            fully_random: self.config.nat.fully_random,
+            flowtable,
+        };
+        let ct = &self.config.conntrack;
+        let conntrack_max = ct.max.unwrap_or_else(|| {
+            kernel::conntrack_max_for_memory(
+                kernel::mem_total().unwrap_or(512 << 20),
+                ct.memory_percent,
+            )
+        });
+        let settings =
+            kernel::desired_settings(&egress, conntrack_max, ct.tcp_timeout_established.as_secs());
+        Ok(Resolved {
+            identity,
+            group,
+            spec,
+            settings,
+        })
+    }
+
+    async fn control_loop(&self, r: &Resolved, ec2: &dyn Ec2) {
+        let desired = ruleset::render(&r.spec);
+        let me = Me {
+            instance_id: r.identity.instance_id.clone(),
+            interface_id: r.identity.interface_id.clone(),
+        };
+        let mut nft = Reconciler::default();
+        let mut installed = false;
+        let mut notified_ready = false;
+        let mut sdc_checked: Option<Instant> = None;
+        let mut routes_checked: Option<Instant> = None;
+        let mut was_claimable = false;
+        let mut tick = tokio::time::interval(self.config.nat.reconcile_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.reconcile_ruleset(&mut nft, &desired, &mut installed)
+                .await;
+            self.reconcile_sysctls(&r.settings);
+            if let Some((count, max)) = kernel::conntrack_usage(self.edges.sysctl.as_ref()) {
+                self.shared.metrics.conntrack_entries.set(count as i64);
+                self.shared.metrics.conntrack_max.set(max as i64);
+            }
+            if sdc_checked.is_none_or(|t| t.elapsed() >= SOURCE_DEST_RECHECK) {
+                if self
+                    .reconcile_source_dest_check(ec2, &r.identity.instance_id)
+                    .await
+                {
+                    sdc_checked = Some(Instant::now());
+                } else {
+                    sdc_checked = None;
+                }
+            }
+            let status = self.shared.snapshot();
+            if status.dataplane_ready() && !notified_ready {
+                info!("data plane in place: forwarding on, table ip natron loaded, source/dest check off");
+                notify::ready();
+                notified_ready = true;
+            }
+            // Claim as soon as it becomes possible, then every route_interval.
+            let claimable = status.dataplane_ready() && status.egress.healthy;
+            let due = routes_checked.is_none_or(|t| t.elapsed() >= self.config.ec2.route_interval);
+            if claimable && (due || !was_claimable) {
+                self.reconcile_routes(ec2, r, &me).await;
+                routes_checked = Some(Instant::now());
+            }
+            was_claimable = claimable;
+            let summary = match status.readiness() {
+                Ok(()) => format!("ready; {} route table(s) owned", status.routes.owned.len()),
+                Err(reasons) => format!("not ready: {}", reasons.join("; ")),
+            };
+            notify::status(&summary);
+            *self.shared.last_pass.lock().expect("lock") = Instant::now();
+        }
+    }
+
+    async fn reconcile_ruleset(
+        &self,
+        nft: &mut Reconciler,
+        desired: &[nftables::schema::NfListObject<'static>],
+        installed: &mut bool,
+    ) {
+        match nft.reconcile(self.edges.nft.as_ref(), desired).await {
+            Ok(pass) => {
+                if let Pass::Applied(reason) = pass {
+                    if *installed {
+                        warn!(reason, "table ip natron drifted; replaced it");
+                        self.shared.metrics.drift_repairs.inc();
+                        let when = format!("{} ({reason})", unix_now());
+                        self.shared.update(|s| {
+                            s.dataplane.drift_repairs += 1;
+                            s.dataplane.last_repair = Some(when);
+                        });
+                    } else {
+                        info!(reason, "table ip natron written");
+                    }
+                    if nft.canonical_mismatch {
+                        warn!("the kernel lists table ip natron differently from how it was rendered; drift is judged against the listing taken after writing it");
+                    }
+                }
+                *installed = true;
+                self.shared.metrics.observe_rule_counters(&nft.counters);
+                self.shared.update(|s| {
+                    s.dataplane.ruleset_in_place = true;
+                    s.problems.remove(area::RULESET);
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "cannot reconcile the nftables table");
+                self.shared.update(|s| {
+                    s.dataplane.ruleset_in_place = false;
+                    s.problems.insert(area::RULESET, e.to_string());
+                });
+            }
+        }
+    }
+
+    fn reconcile_sysctls(&self, settings: &[kernel::Setting]) {
+        let applied = kernel::apply_settings(self.edges.sysctl.as_ref(), settings);
+        let mut required_failures = Vec::new();
+        let mut warnings = Vec::new();
+        for a in &applied {
+            match &a.outcome {
+                Outcome::Written { previous } => {
+                    info!(key = %a.setting.key, "sysctl {} {previous} -> {}", a.setting.key, a.setting.value)
+                }
+                Outcome::Failed { error } if a.setting.required => {
+                    required_failures.push(error.clone())
+                }
+                Outcome::Failed { error } => warnings.push(error.clone()),
+                Outcome::Unchanged => {}
+            }
+        }
+        let forwarding = applied.iter().any(|a| {
+            a.setting.key == "net.ipv4.ip_forward" && !matches!(a.outcome, Outcome::Failed { .. })
+        });
+        self.shared.update(|s| {
+            for w in &warnings {
+                if !s.warnings.contains(w) {
+                    warn!("{w} (optional setting; continuing)");
+                    s.warnings.push(w.clone());
+                }
+            }
+            s.dataplane.forwarding = forwarding;
+            s.dataplane.sysctls = applied;
+            if required_failures.is_empty() {
+                s.problems.remove(area::SYSCTL);
+            } else {
+                s.problems
+                    .insert(area::SYSCTL, required_failures.join("; "));
+            }
+        });
+    }
+
+    /// Returns true once the check is verified off (read back from EC2).
+    async fn reconcile_source_dest_check(&self, ec2: &dyn Ec2, instance: &str) -> bool {
+        if self.options.skip_source_dest_check {
+            self.shared.update(|s| {
+                s.dataplane.source_dest_check_disabled = true;
+                let w = "source/dest check step skipped by a test switch".to_string();
+                if !s.warnings.contains(&w) {
+                    s.warnings.push(w);
+                }
+            });
+            return true;
+        }
+        let result = async {
+            if ec2.source_dest_check(instance).await? {
+                info!(instance, "disabling the source/dest check");
+                ec2.disable_source_dest_check(instance).await?;
+                if ec2.source_dest_check(instance).await? {
+                    return Ok(false);
+                }
+            }
+            Ok::<bool, crate::ec2::Ec2Error>(true)
+        }
+        .await;
+        let ok = matches!(result, Ok(true));
+        if let Err(e) = &result {
+            self.shared.metrics.ec2_errors.inc();
+            error!(error = %e, "source/dest check");
+        }
+        self.shared.update(|s| {
+            s.dataplane.source_dest_check_disabled = ok;
+            match result {
+                Ok(true) => s.problems.remove(area::SOURCE_DEST_CHECK),
+                Ok(false) => s.problems.insert(
+                    area::SOURCE_DEST_CHECK,
+                    format!("instance {instance}: SourceDestCheck still true after ModifyInstanceAttribute"),
+                ),
+                Err(e) => s.problems.insert(area::SOURCE_DEST_CHECK, e.to_string()),
+            };
+        });
+        ok
+    }
+
+    async fn reconcile_routes(&self, ec2: &dyn Ec2, r: &Resolved, me: &Me) {
+        let az = r.identity.availability_zone.as_str();
+        let tags = [(GROUP_TAG, r.group.as_str()), (AZ_TAG, az)];
+        let outcome = async {
+            let tables = ec2.route_tables(&r.identity.vpc_id, &tags).await?;
+            let claims = routes::plan_claims(me, &tables);
+            for claim in &claims {
+                match claim {
+                    Claim::Create { table } => {
+                        info!(table = %table, eni = %me.interface_id, reason = "home AZ table has no default route", "CreateRoute 0.0.0.0/0");
+                        ec2.create_default_route(table, &me.interface_id).await?;
+                    }
+                    Claim::Replace { table, from } => {
+                        info!(table = %table, eni = %me.interface_id, from = %from, reason = "home AZ table points elsewhere", "ReplaceRoute 0.0.0.0/0");
+                        ec2.replace_default_route(table, &me.interface_id).await?;
+                    }
+                }
+                self.shared.metrics.route_claims.inc();
+            }
+            let tables = if claims.is_empty() { tables } else { ec2.route_tables(&r.identity.vpc_id, &tags).await? };
+            Ok::<_, crate::ec2::Ec2Error>((tables, claims))
+        }
+        .await;
+        match outcome {
+            Ok((tables, claims)) => {
+                let owned = routes::owned(me, &tables);
+                if tables.is_empty() {
+                    warn!(group = %r.group, az, vpc = %r.identity.vpc_id, "no route tables tagged {GROUP_TAG}={} and {AZ_TAG}={az}", r.group);
+                }
+                self.shared.metrics.routes_owned.set(owned.len() as i64);
+                let change = (!claims.is_empty())
+                    .then(|| format!("{} claimed {}", unix_now(), claims.len()));
+                self.shared.update(|s| {
+                    s.routes.tables = tables;
+                    s.routes.owned = owned;
+                    if change.is_some() {
+                        s.routes.last_change = change;
+                    }
+                    s.problems.remove(area::ROUTES);
+                });
+            }
+            Err(e) => {
+                self.shared.metrics.ec2_errors.inc();
+                error!(error = %e, "claiming route tables");
+                // Visible in /status, but not a readiness problem: an EC2 API
+                // hiccup must not make peers think this NAT is down.
+                self.shared.update(|s| {
+                    s.warnings.retain(|w| !w.starts_with("routes:"));
+                    s.warnings.push(format!("routes: {e}"));
+                });
+            }
+        }
+    }
+}
+
+/// Probes egress every interval and keeps the rise/fall state in `shared`.
+async fn run_prober(config: Config, shared: Arc<Shared>) {
+    let targets = config.probe_targets();
+    let h = &config.health;
+    if targets.is_empty() {
+        info!("no egress probe targets configured; egress counts as healthy");
+        shared.update(|s| s.egress.healthy = true);
+        return;
+    }
+    let mut state = RiseFall::new(h.rise, h.fall);
+    let mut tick = tokio::time::interval(h.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let results =
+            futures_util::future::join_all(targets.iter().map(|t| probe::probe(t, h.timeout)))
+                .await;
+        let passed = results.iter().filter(|r| r.ok).count();
+        for r in &results {
+            let labels = vec![("target".to_string(), r.target.clone())];
+            shared
+                .metrics
+                .probe_up
+                .get_or_create(&labels)
+                .set(i64::from(r.ok));
+            shared
+                .metrics
+                .probe_latency
+                .get_or_create(&labels)
+                .set(r.latency_ms / 1000.0);
+            let mut by_result = labels.clone();
+            by_result.push(("result".into(), if r.ok { "pass" } else { "fail" }.into()));
+            shared.metrics.probe_results.get_or_create(&by_result).inc();
+        }
+        if state.observe(passed >= h.min_passing) {
+            if state.healthy {
+                info!(passed, "egress healthy");
+            } else {
+                let why: Vec<String> = results
+                    .iter()
+                    .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.target)))
+                    .collect();
+                warn!(passed, "egress failed: {}", why.join("; "));
+            }
+        }
+        let healthy = state.healthy;
+        shared.update(|s| {
+            s.egress.healthy = healthy;
+            s.egress.probes = results.clone();
+            if healthy {
+                s.problems.remove(area::EGRESS);
+            } else if s.egress.probes.iter().any(|p| !p.ok) {
+                let why: Vec<String> = results
+                    .iter()
+                    .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.target)))
+                    .collect();
+                s.problems.insert(area::EGRESS, why.join("; "));
+            } else {
+                s.problems.remove(area::EGRESS);
+            }
+        });
+    }
+}
+
+fn unix_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("unix:{secs}")
+}

@@ -1,0 +1,491 @@
+//! The EC2 API as the agent needs it: a narrow trait over plain data, one
+//! real implementation (aws-sdk-ec2), one fake for tests, and the retry
+//! policy for throttling, 5xx and network errors. Every error names the call
+//! and the resource.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
+use serde::Serialize;
+
+use crate::error_chain;
+
+pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("EC2 {operation} {resource}: {}{message}", code.as_ref().map(|c| format!("{c}: ")).unwrap_or_default())]
+pub struct Ec2Error {
+    pub operation: &'static str,
+    pub resource: String,
+    pub code: Option<String>,
+    pub message: String,
+    /// Throttling, server-side (5xx) and transport errors are worth retrying.
+    pub retryable: bool,
+}
+
+/// Where a route table's default route points, as EC2 reports it. AWS fills
+/// both the instance and the ENI for an instance route; the emulator only
+/// the one that was set, so both are kept and either may match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RouteTarget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface_id: Option<String>,
+    /// Any other target (internet or NAT gateway, peering...), by id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+impl RouteTarget {
+    pub fn describe(&self) -> String {
+        self.interface_id
+            .clone()
+            .or_else(|| self.instance_id.clone())
+            .or_else(|| self.other.clone())
+            .unwrap_or_else(|| "nothing".into())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteTable {
+    pub id: String,
+    pub default_route: Option<RouteTarget>,
+}
+
+#[async_trait]
+pub trait Ec2: Send + Sync {
+    /// The instance's SourceDestCheck attribute.
+    async fn source_dest_check(&self, instance_id: &str) -> Result<bool, Ec2Error>;
+    async fn disable_source_dest_check(&self, instance_id: &str) -> Result<(), Ec2Error>;
+    /// Route tables of `vpc_id` carrying every tag in `tags`.
+    async fn route_tables(
+        &self,
+        vpc_id: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<Vec<RouteTable>, Ec2Error>;
+    async fn create_default_route(
+        &self,
+        table_id: &str,
+        interface_id: &str,
+    ) -> Result<(), Ec2Error>;
+    async fn replace_default_route(
+        &self,
+        table_id: &str,
+        interface_id: &str,
+    ) -> Result<(), Ec2Error>;
+}
+
+/// Calls `op` up to `attempts` times while it fails with a retryable error,
+/// sleeping with capped exponential backoff (and jitter) in between.
+pub async fn with_retries<T, F, Fut>(
+    attempts: u32,
+    base: Duration,
+    mut op: F,
+) -> Result<T, Ec2Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Ec2Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if e.retryable && attempt < attempts => {
+                let backoff = (base * 2u32.saturating_pow(attempt - 1)).min(Duration::from_secs(5));
+                let delay = backoff / 2 + jitter(backoff / 2);
+                tracing::warn!(attempt, error = %e, "retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    max.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalError",
+    "Unavailable",
+];
+
+fn classify<E, R>(operation: &'static str, resource: &str, err: SdkError<E, R>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+    SdkError<E, R>: ProvideErrorMetadata,
+{
+    let code = err.code().map(str::to_string);
+    let message = err
+        .message()
+        .map(str::to_string)
+        .unwrap_or_else(|| error_chain(&err));
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(_) => {
+            code.as_deref().is_some_and(|c| THROTTLING.contains(&c)) || code.is_none()
+        }
+        _ => false,
+    };
+    Ec2Error {
+        operation,
+        resource: resource.to_string(),
+        code,
+        message,
+        retryable,
+    }
+}
+
+/// aws-sdk-ec2 behind [`Ec2`]. The SDK's own retries are off: [`with_retries`]
+/// is the one policy, so it is visible, logged and tested.
+pub struct AwsEc2 {
+    client: aws_sdk_ec2::Client,
+    attempts: u32,
+}
+
+impl AwsEc2 {
+    /// Uses the standard credential chain and `AWS_ENDPOINT_URL` when set.
+    pub async fn new(region: &str, attempts: u32) -> AwsEc2 {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .build(),
+            )
+            .load()
+            .await;
+        AwsEc2 {
+            client: aws_sdk_ec2::Client::new(&config),
+            attempts,
+        }
+    }
+
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T, Ec2Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Ec2Error>>,
+    {
+        with_retries(self.attempts, Duration::from_millis(200), op).await
+    }
+}
+
+#[async_trait]
+impl Ec2 for AwsEc2 {
+    async fn source_dest_check(&self, instance_id: &str) -> Result<bool, Ec2Error> {
+        self.retry(|| async {
+            let out = self
+                .client
+                .describe_instances()
+                .instance_ids(instance_id)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeInstances", instance_id, e))?;
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find(|i| i.instance_id() == Some(instance_id))
+                .and_then(|i| i.source_dest_check())
+                .ok_or_else(|| Ec2Error {
+                    operation: "DescribeInstances",
+                    resource: instance_id.into(),
+                    code: None,
+                    message: "instance or its SourceDestCheck attribute not in the answer".into(),
+                    retryable: false,
+                })
+        })
+        .await
+    }
+
+    async fn disable_source_dest_check(&self, instance_id: &str) -> Result<(), Ec2Error> {
+        self.retry(|| async {
+            self.client
+                .modify_instance_attribute()
+                .instance_id(instance_id)
+                .source_dest_check(AttributeBooleanValue::builder().value(false).build())
+                .send()
+                .await
+                .map_err(|e| classify("ModifyInstanceAttribute", instance_id, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn route_tables(
+        &self,
+        vpc_id: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<Vec<RouteTable>, Ec2Error> {
+        let resource = format!(
+            "in {vpc_id} tagged {}",
+            tags.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self.retry(|| async {
+            let mut filters = vec![Filter::builder().name("vpc-id").values(vpc_id).build()];
+            for (k, v) in tags {
+                filters.push(
+                    Filter::builder()
+                        .name(format!("tag:{k}"))
+                        .values(*v)
+                        .build(),
+                );
+            }
+            let mut tables = Vec::new();
+            let mut token = None;
+            loop {
+                let out = self
+                    .client
+                    .describe_route_tables()
+                    .set_filters(Some(filters.clone()))
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeRouteTables", &resource, e))?;
+                for rt in out.route_tables() {
+                    let default_route = rt
+                        .routes()
+                        .iter()
+                        .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
+                        .map(|r| RouteTarget {
+                            instance_id: r.instance_id().map(str::to_string),
+                            interface_id: r.network_interface_id().map(str::to_string),
+                            other: r
+                                .gateway_id()
+                                .or(r.nat_gateway_id())
+                                .or(r.vpc_peering_connection_id())
+                                .or(r.transit_gateway_id())
+                                .map(str::to_string),
+                            state: r.state().map(|s| s.as_str().to_string()),
+                        });
+                    tables.push(RouteTable {
+                        id: rt.route_table_id().unwrap_or_default().to_string(),
+                        default_route,
+                    });
+                }
+                token = out.next_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            tables.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(tables)
+        })
+        .await
+    }
+
+    async fn create_default_route(
+        &self,
+        table_id: &str,
+        interface_id: &str,
+    ) -> Result<(), Ec2Error> {
+        self.retry(|| async {
+            self.client
+                .create_route()
+                .route_table_id(table_id)
+                .destination_cidr_block(DEFAULT_ROUTE)
+                .network_interface_id(interface_id)
+                .send()
+                .await
+                .map_err(|e| classify("CreateRoute", table_id, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replace_default_route(
+        &self,
+        table_id: &str,
+        interface_id: &str,
+    ) -> Result<(), Ec2Error> {
+        self.retry(|| async {
+            self.client
+                .replace_route()
+                .route_table_id(table_id)
+                .destination_cidr_block(DEFAULT_ROUTE)
+                .network_interface_id(interface_id)
+                .send()
+                .await
+                .map_err(|e| classify("ReplaceRoute", table_id, e))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// EC2 in memory: route tables by id, SourceDestCheck by instance,
+    /// and a queue of errors to return before the next calls succeed.
+    #[derive(Default)]
+    pub struct FakeEc2 {
+        pub source_dest_check: Mutex<BTreeMap<String, bool>>,
+        pub tables: Mutex<BTreeMap<String, Option<RouteTarget>>>,
+        pub fail_next: Mutex<Vec<Ec2Error>>,
+        pub calls: Mutex<Vec<String>>,
+    }
+
+    impl FakeEc2 {
+        fn call(&self, what: String) -> Result<(), Ec2Error> {
+            self.calls.lock().unwrap().push(what);
+            match self.fail_next.lock().unwrap().pop() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+    }
+
+    pub fn throttled(op: &'static str) -> Ec2Error {
+        Ec2Error {
+            operation: op,
+            resource: "x".into(),
+            code: Some("RequestLimitExceeded".into()),
+            message: "slow down".into(),
+            retryable: true,
+        }
+    }
+
+    #[async_trait]
+    impl Ec2 for FakeEc2 {
+        async fn source_dest_check(&self, instance_id: &str) -> Result<bool, Ec2Error> {
+            self.call(format!("DescribeInstances {instance_id}"))?;
+            Ok(*self
+                .source_dest_check
+                .lock()
+                .unwrap()
+                .get(instance_id)
+                .unwrap_or(&true))
+        }
+        async fn disable_source_dest_check(&self, instance_id: &str) -> Result<(), Ec2Error> {
+            self.call(format!("ModifyInstanceAttribute {instance_id}"))?;
+            self.source_dest_check
+                .lock()
+                .unwrap()
+                .insert(instance_id.into(), false);
+            Ok(())
+        }
+        async fn route_tables(
+            &self,
+            _vpc: &str,
+            _tags: &[(&str, &str)],
+        ) -> Result<Vec<RouteTable>, Ec2Error> {
+            self.call("DescribeRouteTables".into())?;
+            Ok(self
+                .tables
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, t)| RouteTable {
+                    id: id.clone(),
+                    default_route: t.clone(),
+                })
+                .collect())
+        }
+        async fn create_default_route(&self, table_id: &str, eni: &str) -> Result<(), Ec2Error> {
+            self.call(format!("CreateRoute {table_id} {eni}"))?;
+            let target = RouteTarget {
+                interface_id: Some(eni.into()),
+                ..Default::default()
+            };
+            self.tables
+                .lock()
+                .unwrap()
+                .insert(table_id.into(), Some(target));
+            Ok(())
+        }
+        async fn replace_default_route(&self, table_id: &str, eni: &str) -> Result<(), Ec2Error> {
+            self.create_default_route(table_id, eni).await?;
+            let mut calls = self.calls.lock().unwrap();
+            let last = calls.len() - 1;
+            calls[last] = format!("ReplaceRoute {table_id} {eni}");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::*;
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_retryable_errors_then_succeeds() {
+        let ec2 = FakeEc2::default();
+        ec2.fail_next.lock().unwrap().extend([
+            throttled("DescribeInstances"),
+            throttled("DescribeInstances"),
+        ]);
+        let v = with_retries(5, Duration::from_millis(100), || {
+            ec2.source_dest_check("i-1")
+        })
+        .await;
+        assert_eq!(v.unwrap(), true);
+        assert_eq!(ec2.calls.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_the_attempt_budget() {
+        let ec2 = FakeEc2::default();
+        ec2.fail_next
+            .lock()
+            .unwrap()
+            .extend((0..10).map(|_| throttled("DescribeInstances")));
+        let err = with_retries(3, Duration::from_millis(100), || {
+            ec2.source_dest_check("i-1")
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.code.as_deref(), Some("RequestLimitExceeded"));
+        assert_eq!(ec2.calls.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn does_not_retry_client_errors() {
+        let ec2 = FakeEc2::default();
+        ec2.fail_next.lock().unwrap().push(Ec2Error {
+            operation: "CreateRoute",
+            resource: "rtb-1".into(),
+            code: Some("InvalidRouteTableID.NotFound".into()),
+            message: "no such table".into(),
+            retryable: false,
+        });
+        let err = with_retries(5, Duration::from_millis(100), || {
+            ec2.create_default_route("rtb-1", "eni-1")
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(ec2.calls.lock().unwrap().len(), 1);
+        assert_eq!(
+            err.to_string(),
+            "EC2 CreateRoute rtb-1: InvalidRouteTableID.NotFound: no such table"
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! natron-agent's entry point: arguments, configuration, logging, the HTTP
+//! server and the control loop. Exit codes: 0 stopped cleanly, 1 runtime
+//! failure (e.g. the HTTP port is taken), 2 bad configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use natron_agent::agent::{Agent, Edges, Options};
+use natron_agent::config::{self, Config};
+use natron_agent::ec2::{AwsEc2, Ec2};
+use natron_agent::{http, imds, kernel, logging, nft, notify, state};
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "natron-agent", version, about = "natron NAT instance agent")]
+struct Cli {
+    /// Configuration file (TOML); every key is optional.
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Check the configuration and exit: 0 when valid, 2 when not.
+    #[arg(long)]
+    validate: bool,
+    /// Tests only: skip disabling the source/dest check (and claim anyway).
+    #[arg(long, hide = true)]
+    test_skip_source_dest_check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("natron-agent: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.validate {
+        println!("{}: configuration is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config, cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Config, cli: Cli) -> anyhow::Result<()> {
+    let shared = Arc::new(state::Shared::new());
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.listen {}: cannot bind: {e}", config.http.listen))?;
+    info!(listen = %config.http.listen, version = env!("CARGO_PKG_VERSION"), "natron-agent starting");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let server = tokio::spawn(http::serve(listener, shared.clone(), http_stop));
+    tokio::spawn(watchdog(shared.clone()));
+
+    let attempts = config.ec2.max_attempts;
+    let agent = Agent {
+        config,
+        options: Options {
+            skip_source_dest_check: cli.test_skip_source_dest_check,
+        },
+        shared,
+        edges: Edges {
+            metadata: Arc::new(imds::Imds::new()),
+            nft: Arc::new(nft::NftCli::default()),
+            sysctl: Arc::new(kernel::ProcSys::default()),
+            ec2: Box::new(move |identity| {
+                let region = identity.region.clone();
+                Box::pin(
+                    async move { Arc::new(AwsEc2::new(&region, attempts).await) as Arc<dyn Ec2> },
+                )
+            }),
+        },
+    };
+    agent.run(shutdown_signal()).await;
+    info!("stopping; the data plane stays in place");
+    let _ = stop_tx.send(true);
+    server.await??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+/// Pings systemd's watchdog while the control loop keeps making passes; a
+/// stuck loop stops the pings and systemd restarts the agent.
+async fn watchdog(shared: Arc<state::Shared>) {
+    let Some(timeout) = notify::watchdog_timeout() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(timeout / 4);
+    loop {
+        tick.tick().await;
+        let age = shared
+            .last_pass
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(timeout);
+        if age < timeout / 2 {
+            notify::watchdog();
+        }
+    }
+}
