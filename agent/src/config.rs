@@ -481,6 +481,34 @@ max_attempts = 3
     }
 
     #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../docs/agent-config.md");
+        // Optional keys without a default value still need documenting.
+        let mut config = Config {
+            group: Some("g".into()),
+            ..Default::default()
+        };
+        config.nat.egress_interface = Some("eth0".into());
+        config.nat.source_cidrs = Some(vec![]);
+        config.conntrack.max = Some(1024);
+        let value = toml::Value::try_from(&config).unwrap();
+        let mut keys = Vec::new();
+        for (k, v) in value.as_table().unwrap() {
+            match v.as_table() {
+                Some(t) => keys.extend(t.keys().map(|sub| format!("{k}.{sub}"))),
+                None => keys.push(k.clone()),
+            }
+        }
+        assert!(keys.len() > 15);
+        for key in keys {
+            assert!(
+                doc.contains(&format!("| `{key}` |")),
+                "docs/agent-config.md lacks `{key}`"
+            );
+        }
+    }
+
+    #[test]
     fn port_range_parses() {
         assert_eq!(parse_port_range("1024-65535"), Ok((1024, 65535)));
         assert!(parse_port_range("1024").is_err());

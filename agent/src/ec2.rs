@@ -447,7 +447,7 @@ mod tests {
             ec2.source_dest_check("i-1")
         })
         .await;
-        assert_eq!(v.unwrap(), true);
+        assert!(v.unwrap());
         assert_eq!(ec2.calls.lock().unwrap().len(), 3);
     }
 

@@ -1,1 +1,164 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands, runnable on a fresh Debian 12
+//! machine as root. Each installs what it needs first (idempotently, so
+//! repeat runs are fast).
+//!
+//!   cargo xtask setup   apt packages and the pinned EC2 emulator venv
+//!   cargo xtask demo    setup, build, run the lab demo
+//!   cargo xtask test    setup, build, run every test (what CI runs)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages the lab and the agent need at run time.
+const APT_PACKAGES: &[&str] = &["nftables", "iproute2", "procps", "ca-certificates"];
+/// Must match `natron_lab::emulator::MOTO_VERSION`.
+const MOTO_VERSION: &str = "5.2.5";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("demo") => setup().and_then(|_| demo()),
+        Some("test") => setup().and_then(|_| test(&args[1..])),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|demo|test [cargo test args]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: $ {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?}: {status}"))
+    }
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn venv_dir() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(format!(".cache/natron/venv-moto-{MOTO_VERSION}"))
+}
+
+fn setup() -> Result<(), String> {
+    if !nix_is_root() {
+        return Err("run as root: the lab creates network namespaces".into());
+    }
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // The emulator, every Python package pinned, in a venv kept across runs.
+    let requirements = root().join("tests/moto-requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let venv = venv_dir();
+    let stamp = venv.join("natron-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let _ = std::fs::remove_dir_all(&venv);
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements))?;
+        std::fs::write(&stamp, &wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    std::env::set_var("NATRON_MOTO_SERVER", venv.join("bin/moto_server"));
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn demo() -> Result<(), String> {
+    run(cargo().args(["build", "--quiet", "-p", "natron-agent", "-p", "natron-lab"]))?;
+    run(Command::new(root().join("target/debug/natron-lab")).arg("demo"))
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    // The lab tests run the agent binary: build it (and everything) first.
+    run(cargo().args(["build", "--workspace", "--all-targets"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped());
+    eprintln!("xtask: $ {cmd:?}");
+    let mut child = cmd.spawn().map_err(|e| format!("cargo test: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.map_err(|e| format!("cargo test output: {e}"))?;
+        println!("{line}");
+        if let Some((p, f)) = parse_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    // One closing line over all test binaries (cargo's last one is often a
+    // doc-test run with nothing in it).
+    println!("tests: {passed} passed, {failed} failed");
+    if status.success() && failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("cargo test: {status}"))
+    }
+}
+
+/// (passed, failed) from a libtest line "test result: ok. 5 passed; 0 failed; ...".
+fn parse_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ")
+                    .strip_suffix(word)
+            })
+            .and_then(|n| n.trim().parse().ok())
+    };
+    Some((count(" passed")?, count(" failed")?))
+}

@@ -1,0 +1,219 @@
+//! An IMDSv2 stub answering each caller, identified by its source address,
+//! from the emulator's state (the emulator's own stub is fixed to one fake
+//! instance and lacks the token TTL header).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+
+use crate::vpc::{InstanceView, VpcView};
+
+pub const ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+
+#[derive(Clone)]
+pub struct Imds {
+    pub view: Arc<RwLock<VpcView>>,
+    pub region: String,
+    tokens: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Imds {
+    pub fn new(view: Arc<RwLock<VpcView>>, region: &str) -> Imds {
+        Imds {
+            view,
+            region: region.to_string(),
+            tokens: Arc::default(),
+        }
+    }
+
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/latest/api/token", put(token))
+            .route("/latest/{*path}", get(metadata))
+            .with_state(self)
+    }
+
+    /// Serves on `listener` (bound inside the lab's control namespace).
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, app).await;
+    }
+}
+
+async fn token(State(imds): State<Imds>, headers: HeaderMap) -> Response {
+    let ttl: Option<u64> = headers
+        .get(TTL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let Some(ttl) = ttl.filter(|t| (1..=21600).contains(t)) else {
+        return (StatusCode::BAD_REQUEST, "missing or invalid TTL header\n").into_response();
+    };
+    let token = format!("lab-{:x}", rand_u64());
+    imds.tokens
+        .lock()
+        .expect("tokens")
+        .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+    ([(TTL_HEADER, ttl.to_string())], token).into_response()
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+async fn metadata(
+    State(imds): State<Imds>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let valid = headers
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| imds.tokens.lock().expect("tokens").get(t).copied())
+        .is_some_and(|expiry| expiry > Instant::now());
+    if !valid {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let SocketAddr::V4(peer) = peer else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let view = imds.view.read().expect("view").clone();
+    let Some(instance) = view.instance_by_ip(*peer.ip()) else {
+        return (
+            StatusCode::NOT_FOUND,
+            "caller is not an instance of the lab VPC\n",
+        )
+            .into_response();
+    };
+    match answer(&view, instance, &imds.region, path.trim_end_matches('/')) {
+        Some(body) => body.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The value at `path` (under /latest/) for `i`. Pure.
+pub fn answer(view: &VpcView, i: &InstanceView, region: &str, path: &str) -> Option<String> {
+    let mac_prefix = format!("meta-data/network/interfaces/macs/{}/", i.mac);
+    if let Some(leaf) = path.strip_prefix(&mac_prefix) {
+        let cidrs: Vec<String> = view.cidrs.iter().map(|c| c.to_string()).collect();
+        return match leaf {
+            "interface-id" => Some(i.interface_id.clone()),
+            "vpc-id" => Some(view.vpc_id.clone()),
+            "subnet-id" => Some(i.subnet_id.clone()),
+            "vpc-ipv4-cidr-blocks" => Some(cidrs.join("\n")),
+            "vpc-ipv4-cidr-block" => cidrs.first().cloned(),
+            "local-ipv4s" => Some(i.private_ip.to_string()),
+            "public-ipv4s" => i.public_ip.map(|p| p.to_string()),
+            _ => None,
+        };
+    }
+    if let Some(key) = path.strip_prefix("meta-data/tags/instance/") {
+        return i.metadata_tags.then(|| i.tags.get(key).cloned()).flatten();
+    }
+    match path {
+        "meta-data/instance-id" => Some(i.id.clone()),
+        "meta-data/placement/availability-zone" => Some(i.availability_zone.clone()),
+        "meta-data/placement/region" => Some(region.to_string()),
+        "meta-data/mac" => Some(i.mac.clone()),
+        "meta-data/local-ipv4" => Some(i.private_ip.to_string()),
+        "meta-data/public-ipv4" => i.public_ip.map(|p| p.to_string()),
+        "meta-data/tags/instance" => i
+            .metadata_tags
+            .then(|| i.tags.keys().cloned().collect::<Vec<_>>().join("\n")),
+        "dynamic/instance-identity/document" => Some(
+            serde_json::json!({
+                "instanceId": i.id,
+                "availabilityZone": i.availability_zone,
+                "region": region,
+                "privateIp": i.private_ip.to_string(),
+                "accountId": "123456789012",
+                "architecture": "x86_64",
+            })
+            .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn fixture() -> (VpcView, InstanceView) {
+        let i = InstanceView {
+            id: "i-1".into(),
+            state: "running".into(),
+            subnet_id: "subnet-1".into(),
+            availability_zone: "us-east-1a".into(),
+            private_ip: "10.0.0.10".parse().unwrap(),
+            public_ip: None,
+            interface_id: "eni-1".into(),
+            mac: "02:00:00:00:00:01".into(),
+            source_dest_check: true,
+            tags: BTreeMap::from([("natron:group".to_string(), "lab".to_string())]),
+            metadata_tags: false,
+        };
+        let v = VpcView {
+            vpc_id: "vpc-1".into(),
+            cidrs: vec![
+                "10.0.0.0/16".parse().unwrap(),
+                "100.64.0.0/16".parse().unwrap(),
+            ],
+            instances: vec![i.clone()],
+            route_tables: vec![],
+        };
+        (v, i)
+    }
+
+    #[test]
+    fn answers_from_the_instance() {
+        let (v, mut i) = fixture();
+        let a = |i: &InstanceView, p: &str| answer(&v, i, "us-east-1", p);
+        assert_eq!(a(&i, "meta-data/instance-id").as_deref(), Some("i-1"));
+        assert_eq!(
+            a(
+                &i,
+                "meta-data/network/interfaces/macs/02:00:00:00:00:01/vpc-ipv4-cidr-blocks"
+            )
+            .as_deref(),
+            Some("10.0.0.0/16\n100.64.0.0/16")
+        );
+        assert_eq!(
+            a(&i, "meta-data/public-ipv4"),
+            None,
+            "404 without a public address"
+        );
+        assert_eq!(
+            a(&i, "meta-data/tags/instance/natron:group"),
+            None,
+            "tags hidden unless enabled"
+        );
+        i.metadata_tags = true;
+        assert_eq!(
+            a(&i, "meta-data/tags/instance/natron:group").as_deref(),
+            Some("lab")
+        );
+        assert_eq!(
+            a(
+                &i,
+                "meta-data/network/interfaces/macs/ff:ff:ff:ff:ff:ff/vpc-id"
+            ),
+            None
+        );
+    }
+}

@@ -1,0 +1,403 @@
+//! The VPC router and internet gateway, rendered from the emulator's state
+//! by a pure function and applied to the lab's router and IGW namespaces by
+//! difference.
+//!
+//! Model (as AWS behaves):
+//! - Each instance's link is a router interface; packets arriving on it are
+//!   routed by the route table of the instance's subnet (policy routing by
+//!   incoming interface: a NAT's forwarded packets carry foreign sources).
+//! - A `local` route hands the packet to the lab's delivery table (one /32
+//!   per instance); an ENI or instance route goes to that instance's private
+//!   IP (a blackhole when it is not running); an internet gateway route goes
+//!   to the IGW namespace; no route means unreachable.
+//! - Source/destination check: while the emulator says SourceDestCheck is
+//!   true for an instance, the router drops packets from it whose source is
+//!   not its own address and packets to it whose destination is not.
+//! - The IGW maps each private IP that has a public IP (or Elastic IP) 1:1,
+//!   statelessly, and drops anything from an address without one.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::vpc::{Target, VpcView};
+use crate::{exec, LabError};
+
+/// Kernel routing table holding one /32 per lab host (the `local` route).
+pub const DELIVERY_TABLE: u32 = 100;
+/// Router-side address of the link to the IGW, and the IGW's.
+pub const ROUTER_IGW_ADDR: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 1);
+pub const IGW_ADDR: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 2);
+pub const ROUTER_IGW_DEV: &str = "igw0";
+/// IGW-side device names.
+pub const IGW_VPC_DEV: &str = "vpc0";
+pub const IGW_INET_DEV: &str = "inet0";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hop {
+    /// Continue with the delivery table (the VPC's local route).
+    Local,
+    Via {
+        gateway: Ipv4Addr,
+        dev: String,
+    },
+    Blackhole,
+}
+
+/// Which router interface each instance is attached by.
+pub type Attachments = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouterConfig {
+    /// Kernel table id -> destination -> hop.
+    pub tables: BTreeMap<u32, BTreeMap<Ipv4Net, Hop>>,
+    /// Router interface -> kernel table its incoming packets are routed by.
+    pub rules: BTreeMap<String, u32>,
+    /// Router interface -> the only address allowed through it (check on).
+    pub source_dest_check: BTreeMap<String, Ipv4Addr>,
+    /// Private -> public addresses the IGW translates.
+    pub public_ips: BTreeMap<Ipv4Addr, Ipv4Addr>,
+}
+
+/// Stable kernel table ids for route table ids.
+#[derive(Debug, Default)]
+pub struct TableIds(BTreeMap<String, u32>);
+
+impl TableIds {
+    pub fn get(&mut self, route_table: &str) -> u32 {
+        let next = 1000 + self.0.len() as u32;
+        *self.0.entry(route_table.to_string()).or_insert(next)
+    }
+}
+
+/// The router and IGW configuration the emulator's state calls for. Pure.
+pub fn render(view: &VpcView, attachments: &Attachments, ids: &mut TableIds) -> RouterConfig {
+    let mut config = RouterConfig::default();
+    let attached = |instance: &str| {
+        let i = view.instances.iter().find(|i| i.id == instance)?;
+        Some((i, attachments.get(&i.id)?))
+    };
+    for table in &view.route_tables {
+        let mut routes = BTreeMap::new();
+        for (dest, target) in &table.routes {
+            let instance = match target {
+                Target::Interface(eni) => view
+                    .instances
+                    .iter()
+                    .find(|i| &i.interface_id == eni)
+                    .map(|i| i.id.clone()),
+                Target::Instance(id) => Some(id.clone()),
+                _ => None,
+            };
+            let hop = match (target, instance) {
+                (Target::Local, _) => Hop::Local,
+                (Target::InternetGateway(_), _) => Hop::Via {
+                    gateway: IGW_ADDR,
+                    dev: ROUTER_IGW_DEV.into(),
+                },
+                (_, Some(id)) => match attached(&id) {
+                    Some((i, dev)) if i.state == "running" => Hop::Via {
+                        gateway: i.private_ip,
+                        dev: dev.clone(),
+                    },
+                    _ => Hop::Blackhole,
+                },
+                _ => Hop::Blackhole,
+            };
+            routes.insert(*dest, hop);
+        }
+        config.tables.insert(ids.get(&table.id), routes);
+    }
+    for i in &view.instances {
+        let Some(dev) = attachments.get(&i.id) else {
+            continue;
+        };
+        if let Some(table) = view.table_of_subnet(&i.subnet_id) {
+            config.rules.insert(dev.clone(), ids.get(&table.id));
+        }
+        if i.source_dest_check {
+            config.source_dest_check.insert(dev.clone(), i.private_ip);
+        }
+        if let (Some(public), true) = (i.public_ip, i.state == "running") {
+            config.public_ips.insert(i.private_ip, public);
+        }
+    }
+    config
+}
+
+/// `ip route` commands turning `old` tables into `new` ones, changing only
+/// what differs (replace is atomic per route: no gap in forwarding).
+pub fn route_commands(old: &RouterConfig, new: &RouterConfig) -> Vec<String> {
+    let mut cmds = Vec::new();
+    let empty = BTreeMap::new();
+    for (table, routes) in &new.tables {
+        let before = old.tables.get(table).unwrap_or(&empty);
+        for (dest, hop) in routes {
+            if before.get(dest) != Some(hop) {
+                cmds.push(match hop {
+                    Hop::Local => format!("route replace throw {dest} table {table}"),
+                    Hop::Via { gateway, dev } => {
+                        format!("route replace {dest} via {gateway} dev {dev} onlink table {table}")
+                    }
+                    Hop::Blackhole => format!("route replace blackhole {dest} table {table}"),
+                });
+            }
+        }
+        for (dest, hop) in before {
+            if !routes.contains_key(dest) {
+                let kind = match hop {
+                    Hop::Local => "throw ",
+                    Hop::Blackhole => "blackhole ",
+                    Hop::Via { .. } => "",
+                };
+                cmds.push(format!("route del {kind}{dest} table {table}"));
+            }
+        }
+    }
+    for (dev, table) in &new.rules {
+        match old.rules.get(dev) {
+            Some(t) if t == table => {}
+            Some(t) => {
+                cmds.push(format!("rule del pref 200 iif {dev} lookup {t}"));
+                cmds.push(format!("rule add pref 200 iif {dev} lookup {table}"));
+            }
+            None => cmds.push(format!("rule add pref 200 iif {dev} lookup {table}")),
+        }
+    }
+    cmds
+}
+
+/// The router's source/dest check table, replaced whole.
+pub fn source_dest_check_script(config: &RouterConfig) -> String {
+    let mut rules = String::new();
+    for (dev, ip) in &config.source_dest_check {
+        rules.push_str(&format!(
+            "    iifname \"{dev}\" ip saddr != {ip} counter drop\n"
+        ));
+        rules.push_str(&format!(
+            "    oifname \"{dev}\" ip daddr != {ip} counter drop\n"
+        ));
+    }
+    format!(
+        "table ip lab_sdc\ndelete table ip lab_sdc\ntable ip lab_sdc {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n{rules}  }}\n}}\n"
+    )
+}
+
+/// The IGW's stateless 1:1 NAT, replaced whole.
+pub fn igw_script(config: &RouterConfig) -> String {
+    let elems = |items: Vec<String>| {
+        if items.is_empty() {
+            String::new()
+        } else {
+            format!("    elements = {{ {} }}\n", items.join(", "))
+        }
+    };
+    let privates = elems(config.public_ips.keys().map(|a| a.to_string()).collect());
+    let publics = elems(config.public_ips.values().map(|a| a.to_string()).collect());
+    let to_public = elems(
+        config
+            .public_ips
+            .iter()
+            .map(|(p, q)| format!("{p} : {q}"))
+            .collect(),
+    );
+    let to_private = elems(
+        config
+            .public_ips
+            .iter()
+            .map(|(p, q)| format!("{q} : {p}"))
+            .collect(),
+    );
+    format!(
+        "table ip igw\ndelete table ip igw\ntable ip igw {{\n\
+         \x20 set privates {{\n    type ipv4_addr\n{privates}  }}\n\
+         \x20 set publics {{\n    type ipv4_addr\n{publics}  }}\n\
+         \x20 map to_public {{\n    type ipv4_addr : ipv4_addr\n{to_public}  }}\n\
+         \x20 map to_private {{\n    type ipv4_addr : ipv4_addr\n{to_private}  }}\n\
+         \x20 chain prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n\
+         \x20   iifname \"{IGW_VPC_DEV}\" ip saddr != @privates counter drop\n\
+         \x20   iifname \"{IGW_VPC_DEV}\" ip saddr set ip saddr map @to_public\n\
+         \x20   iifname \"{IGW_INET_DEV}\" ip daddr != @publics counter drop\n\
+         \x20   iifname \"{IGW_INET_DEV}\" ip daddr set ip daddr map @to_private\n\
+         \x20 }}\n}}\n"
+    )
+}
+
+/// Applies `new` over `old` (None: nothing applied yet) in the router and
+/// IGW namespaces.
+pub fn apply(
+    router_ns: &str,
+    igw_ns: &str,
+    old: Option<&RouterConfig>,
+    new: &RouterConfig,
+) -> Result<(), LabError> {
+    let empty = RouterConfig::default();
+    let before = old.unwrap_or(&empty);
+    exec::ip_batch(router_ns, &route_commands(before, new))?;
+    if old.is_none() || before.source_dest_check != new.source_dest_check {
+        exec::nft_script(router_ns, &source_dest_check_script(new))?;
+    }
+    if old.is_none() || before.public_ips != new.public_ips {
+        exec::nft_script(igw_ns, &igw_script(new))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vpc::{InstanceView, RouteTableView};
+
+    fn instance(id: &str, ip: &str, subnet: &str, sdc: bool, public: Option<&str>) -> InstanceView {
+        InstanceView {
+            id: id.into(),
+            state: "running".into(),
+            subnet_id: subnet.into(),
+            availability_zone: "us-east-1a".into(),
+            private_ip: ip.parse().unwrap(),
+            public_ip: public.map(|p| p.parse().unwrap()),
+            interface_id: format!("eni-{id}"),
+            mac: "02:00:00:00:00:01".into(),
+            source_dest_check: sdc,
+            tags: BTreeMap::new(),
+            metadata_tags: true,
+        }
+    }
+
+    fn view() -> VpcView {
+        VpcView {
+            vpc_id: "vpc-1".into(),
+            cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            instances: vec![
+                instance(
+                    "nat",
+                    "10.0.0.10",
+                    "subnet-pub",
+                    false,
+                    Some("203.0.113.10"),
+                ),
+                instance("cli", "10.0.10.10", "subnet-priv", true, None),
+            ],
+            route_tables: vec![
+                RouteTableView {
+                    id: "rtb-main".into(),
+                    main: true,
+                    subnets: vec![],
+                    routes: vec![
+                        ("10.0.0.0/16".parse().unwrap(), Target::Local),
+                        (
+                            "0.0.0.0/0".parse().unwrap(),
+                            Target::InternetGateway("igw-1".into()),
+                        ),
+                    ],
+                },
+                RouteTableView {
+                    id: "rtb-priv".into(),
+                    main: false,
+                    subnets: vec!["subnet-priv".into()],
+                    routes: vec![
+                        ("10.0.0.0/16".parse().unwrap(), Target::Local),
+                        (
+                            "0.0.0.0/0".parse().unwrap(),
+                            Target::Interface("eni-nat".into()),
+                        ),
+                    ],
+                },
+            ],
+        }
+    }
+
+    fn attachments() -> Attachments {
+        [
+            ("nat".to_string(), "i-nat".to_string()),
+            ("cli".to_string(), "i-cli".to_string()),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn renders_tables_rules_checks_and_public_ips() {
+        let mut ids = TableIds::default();
+        let c = render(&view(), &attachments(), &mut ids);
+        let main = ids.get("rtb-main");
+        let private = ids.get("rtb-priv");
+        assert_eq!(
+            c.rules.get("i-nat"),
+            Some(&main),
+            "public subnet uses the main table"
+        );
+        assert_eq!(c.rules.get("i-cli"), Some(&private));
+        assert_eq!(
+            c.tables[&private][&"0.0.0.0/0".parse().unwrap()],
+            Hop::Via {
+                gateway: "10.0.0.10".parse().unwrap(),
+                dev: "i-nat".into()
+            }
+        );
+        assert_eq!(c.tables[&main][&"10.0.0.0/16".parse().unwrap()], Hop::Local);
+        assert_eq!(
+            c.source_dest_check.keys().collect::<Vec<_>>(),
+            vec!["i-cli"]
+        );
+        assert_eq!(c.public_ips.len(), 1);
+    }
+
+    #[test]
+    fn stopped_target_is_a_blackhole_and_missing_route_is_absent() {
+        let mut v = view();
+        v.instances[0].state = "stopped".into();
+        let mut ids = TableIds::default();
+        let c = render(&v, &attachments(), &mut ids);
+        let private = ids.get("rtb-priv");
+        assert_eq!(
+            c.tables[&private][&"0.0.0.0/0".parse().unwrap()],
+            Hop::Blackhole
+        );
+        assert!(
+            c.public_ips.is_empty(),
+            "a stopped instance has no public address"
+        );
+
+        v.route_tables[1].routes.pop();
+        let c2 = render(&v, &attachments(), &mut ids);
+        assert!(!c2.tables[&private].contains_key(&"0.0.0.0/0".parse().unwrap()));
+        assert_eq!(
+            route_commands(&c, &c2),
+            vec![format!("route del blackhole 0.0.0.0/0 table {private}")]
+        );
+    }
+
+    #[test]
+    fn commands_change_only_the_difference() {
+        let mut ids = TableIds::default();
+        let a = render(&view(), &attachments(), &mut ids);
+        assert!(route_commands(&a, &a).is_empty());
+        let mut v = view();
+        v.route_tables[1].routes[1].1 = Target::Instance("cli".into());
+        let b = render(&v, &attachments(), &mut ids);
+        let private = ids.get("rtb-priv");
+        assert_eq!(
+            route_commands(&a, &b),
+            vec![format!(
+                "route replace 0.0.0.0/0 via 10.0.10.10 dev i-cli onlink table {private}"
+            )]
+        );
+    }
+
+    #[test]
+    fn scripts_mention_every_address() {
+        let mut ids = TableIds::default();
+        let c = render(&view(), &attachments(), &mut ids);
+        let sdc = source_dest_check_script(&c);
+        assert!(
+            sdc.contains("iifname \"i-cli\" ip saddr != 10.0.10.10 counter drop"),
+            "{sdc}"
+        );
+        let igw = igw_script(&c);
+        assert!(igw.contains("10.0.0.10 : 203.0.113.10"), "{igw}");
+        assert!(igw.contains("203.0.113.10 : 10.0.0.10"), "{igw}");
+        let empty = igw_script(&RouterConfig::default());
+        assert!(!empty.contains("elements"), "{empty}");
+    }
+}
