@@ -1,6 +1,6 @@
-//! `natron-lab demo`: builds the lab, shows a private client failing to
-//! reach the internet, starts natron-agent on the NAT instance, and shows
-//! the same client reaching the internet server through it.
+//! `natron-lab demo`: builds a two-AZ lab, shows the private clients failing
+//! to reach the internet, starts natron-agent on each NAT instance, and shows
+//! each client reaching the internet server through its own AZ's NAT.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One AZ: a private client reaching the internet through natron.
+    /// Two AZs: private clients reaching the internet through natron.
     Demo,
 }
 
@@ -33,72 +33,94 @@ fn step(text: &str) {
 }
 
 fn demo() -> anyhow::Result<()> {
-    step("building the lab: VPC 10.0.0.0/16 in the EC2 emulator, namespaces for router, IGW, internet, NAT, client");
+    step("building the lab: VPC 10.0.0.0/16 in the EC2 emulator, two AZs, namespaces for router, IGW, internet, NATs, clients");
     let started = Instant::now();
-    let lab = Lab::start(LabSpec::with_azs(1)).context("starting the lab")?;
-    let (nat, client, table) = (&lab.nats[0], &lab.clients[0], &lab.private_tables[0]);
+    let lab = Lab::start(LabSpec::with_azs(2)).context("starting the lab")?;
     println!(
         "    vpc {}  ({:.1}s)",
         lab.vpc_id,
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "    NAT instance    {} {} eni {} (Elastic IP {})",
-        nat.instance_id, nat.ip, nat.interface_id, lab.spec.azs[0].eip
-    );
-    println!(
-        "    private client  {} {} in {}",
-        client.instance_id, client.ip, client.subnet_id
-    );
-    println!(
-        "    lambda route table {table} tagged natron:group={} natron:az={}",
-        lab.spec.group, lab.spec.azs[0].name
-    );
-
-    step("before the agent: the client tries http://198.51.100.10/whoami");
-    match lab.client_get(0, "/whoami") {
-        Ok(body) => anyhow::bail!("the client reached the internet without a NAT: {body}"),
-        Err(e) => println!("    unreachable, as expected: {e}"),
+    for (i, az) in lab.spec.azs.iter().enumerate() {
+        let (nat, client) = (&lab.nats[i], &lab.clients[i]);
+        println!(
+            "    {}: NAT {} {} eni {} (Elastic IP {}), client {} {}, lambda route table {}",
+            az.name,
+            nat.instance_id,
+            nat.ip,
+            nat.interface_id,
+            az.eip,
+            client.instance_id,
+            client.ip,
+            lab.private_tables[i]
+        );
     }
 
-    step("starting natron-agent in the NAT instance's namespace");
-    let agent = lab.start_agent(0, &lab.agent_config(), &[])?;
+    step("before the agents: each client tries http://198.51.100.10/whoami");
+    for i in 0..lab.clients.len() {
+        match lab.client_get(i, "/whoami") {
+            Ok(body) => anyhow::bail!("client {i} reached the internet without a NAT: {body}"),
+            Err(e) => println!(
+                "    {}: unreachable, as expected ({e})",
+                lab.clients[i].role
+            ),
+        }
+    }
+
+    step("starting natron-agent on each NAT instance");
+    let agents = (0..lab.nats.len())
+        .map(|i| lab.start_agent(i, &lab.agent_config(), &[]))
+        .collect::<Result<Vec<_>, _>>()?;
     let t0 = Instant::now();
-    lab.wait_for("the agent claims the route table", Duration::from_secs(30), || {
-        matches!(lab.default_route_of(table), Some(Target::Interface(ref e)) if *e == nat.interface_id).then_some(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}\n--- agent log ---\n{}", lab.agent_log(agent)))?;
-    println!(
-        "    {table}: 0.0.0.0/0 -> {} after {:.1}s",
-        nat.interface_id,
-        t0.elapsed().as_secs_f64()
-    );
-    println!(
-        "    emulator: SourceDestCheck of {} = {:?}",
-        nat.instance_id,
-        lab.source_dest_check(&nat.instance_id)
-    );
-
-    step("the client tries again");
-    let body = lab
-        .wait_for(
-            "the client reaches the internet",
-            Duration::from_secs(10),
-            || lab.client_get(0, "/whoami").ok(),
+    for (i, agent) in agents.iter().enumerate() {
+        let (table, eni) = (&lab.private_tables[i], &lab.nats[i].interface_id);
+        lab.wait_for(
+            "the agent claims its AZ's route table",
+            Duration::from_secs(30),
+            || {
+                matches!(lab.default_route_of(table), Some(Target::Interface(ref e)) if e == eni)
+                    .then_some(())
+            },
         )
-        .map_err(|e| anyhow::anyhow!(e))?;
-    println!(
-        "    the internet server saw the request come from {}",
-        body.trim()
-    );
+        .map_err(|e| anyhow::anyhow!("{e}\n--- agent log ---\n{}", lab.agent_log(*agent)))?;
+        println!(
+            "    {table}: 0.0.0.0/0 -> {eni} ({}) after {:.1}s; SourceDestCheck of {} = {:?}",
+            lab.nats[i].role,
+            t0.elapsed().as_secs_f64(),
+            lab.nats[i].instance_id,
+            lab.source_dest_check(&lab.nats[i].instance_id)
+        );
+    }
 
-    step("agent /readyz and a part of /status");
+    step("the clients try again");
+    for i in 0..lab.clients.len() {
+        let body = lab
+            .wait_for(
+                "the client reaches the internet",
+                Duration::from_secs(10),
+                || lab.client_get(i, "/whoami").ok(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+        println!(
+            "    {}: the internet server saw the request come from {} (the Elastic IP of {})",
+            lab.clients[i].role,
+            body.trim(),
+            lab.nats[i].role
+        );
+    }
+
+    step("agent /readyz, /status and /metrics on nat-a");
     let (code, ready) = lab
         .agent_get(0, "/readyz")
         .map_err(|e| anyhow::anyhow!(e))?;
     println!("    /readyz {code} {}", ready.trim());
     let status = lab.agent_status(0).map_err(|e| anyhow::anyhow!(e))?;
-    println!("    dataplane: {}", status["dataplane"]["forwarding"]);
+    println!(
+        "    forwarding: {}, ruleset in place: {}, source/dest check off: {}",
+        status["dataplane"]["forwarding"],
+        status["dataplane"]["ruleset_in_place"],
+        status["dataplane"]["source_dest_check_disabled"]
+    );
     println!(
         "    flowtable: {} (this kernel {} nftables flowtables)",
         status["dataplane"]["flowtable"],
@@ -121,8 +143,9 @@ fn demo() -> anyhow::Result<()> {
         println!("    {line}");
     }
 
-    step("the NAT's nftables table (nft list table ip natron)");
-    let listing = natron_lab::exec::in_ns(&nat.ns, "nft", &["list", "table", "ip", "natron"])?;
+    step("nat-a's nftables table (nft list table ip natron)");
+    let listing =
+        natron_lab::exec::in_ns(&lab.nats[0].ns, "nft", &["list", "table", "ip", "natron"])?;
     for line in listing.lines() {
         println!("    {line}");
     }

@@ -1,0 +1,232 @@
+//! The lab itself must behave like a VPC, or the agent's tests prove
+//! nothing: these check the IGW, the metadata stub and two AZs.
+
+use std::time::Duration;
+
+use natron_lab::imds;
+use natron_lab::lab::{Lab, LabSpec};
+use natron_lab::vpc::Target;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Routes the private table straight to the IGW (as a public subnet would).
+fn route_private_to_igw(lab: &Lab) {
+    let (vpc, table) = (lab.vpc_id.clone(), lab.private_tables[0].clone());
+    lab.ec2(|ec2| async move {
+        let igws = ec2
+            .describe_internet_gateways()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("attachment.vpc-id")
+                    .values(vpc)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let igw = igws.internet_gateways()[0]
+            .internet_gateway_id()
+            .unwrap()
+            .to_string();
+        ec2.create_route()
+            .route_table_id(table)
+            .destination_cidr_block("0.0.0.0/0")
+            .gateway_id(igw)
+            .send()
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn igw_drops_addresses_without_a_public_ip_and_maps_elastic_ips() {
+    let lab = Lab::start(LabSpec::with_azs(1)).unwrap();
+    route_private_to_igw(&lab);
+    lab.wait_for(
+        "router follows the new route",
+        Duration::from_secs(5),
+        || {
+            matches!(
+                lab.view
+                    .read()
+                    .unwrap()
+                    .default_target(&lab.private_tables[0]),
+                Some(Target::InternetGateway(_))
+            )
+            .then_some(())
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let err = lab
+        .client_get(0, "/whoami")
+        .expect_err("no public IP: the IGW drops it");
+    assert!(err.contains("no answer"), "{err}");
+
+    // Give the client an Elastic IP: the IGW maps it 1:1.
+    let client = lab.clients[0].instance_id.clone();
+    lab.ec2(|ec2| async move {
+        let eip = ec2
+            .allocate_address()
+            .domain(aws_sdk_ec2::types::DomainType::Vpc)
+            .address("203.0.113.99")
+            .send()
+            .await
+            .unwrap();
+        ec2.associate_address()
+            .allocation_id(eip.allocation_id().unwrap())
+            .instance_id(client)
+            .send()
+            .await
+            .unwrap();
+    });
+    let seen = lab
+        .wait_for(
+            "client reaches the internet with its EIP",
+            Duration::from_secs(5),
+            || lab.client_get(0, "/whoami").ok(),
+        )
+        .unwrap();
+    assert!(seen.starts_with("203.0.113.99:"), "{seen}");
+}
+
+/// One raw HTTP exchange with the metadata stub from `ns`.
+fn imds_call(lab: &Lab, ns: &str, request: String) -> (u16, String) {
+    lab.run_in(ns, async move {
+        let mut s = tokio::net::TcpStream::connect((imds::ADDR, 80))
+            .await
+            .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        (out[9..12].parse().unwrap(), out)
+    })
+}
+
+#[test]
+fn metadata_stub_speaks_imdsv2_for_the_caller() {
+    let lab = Lab::start(LabSpec::with_azs(1)).unwrap();
+    let nat = lab.nats[0].clone();
+    let get = |path: &str, token: &str| {
+        format!("GET /latest/{path} HTTP/1.0\r\nx-aws-ec2-metadata-token: {token}\r\n\r\n")
+    };
+    assert_eq!(
+        imds_call(&lab, &nat.ns, get("meta-data/instance-id", "none")).0,
+        401,
+        "IMDSv2 needs a token"
+    );
+    let (code, _) = imds_call(
+        &lab,
+        &nat.ns,
+        "PUT /latest/api/token HTTP/1.0\r\n\r\n".into(),
+    );
+    assert_eq!(code, 400, "a token request needs a TTL");
+    let (code, raw) = imds_call(
+        &lab,
+        &nat.ns,
+        "PUT /latest/api/token HTTP/1.0\r\nx-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n".into(),
+    );
+    assert_eq!(code, 200);
+    assert!(
+        raw.to_lowercase()
+            .contains("x-aws-ec2-metadata-token-ttl-seconds: 60"),
+        "{raw}"
+    );
+    let token = raw.split("\r\n\r\n").nth(1).unwrap().trim().to_string();
+    let body = |ns: &str, path: &str| {
+        let (code, raw) = imds_call(&lab, ns, get(path, &token));
+        (
+            code,
+            raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
+        )
+    };
+    assert_eq!(
+        body(&nat.ns, "meta-data/instance-id"),
+        (200, nat.instance_id.clone())
+    );
+    assert_eq!(
+        body(&nat.ns, "meta-data/public-ipv4"),
+        (200, lab.spec.azs[0].eip.to_string())
+    );
+    assert_eq!(
+        body(&nat.ns, "meta-data/placement/availability-zone"),
+        (200, "us-east-1a".into())
+    );
+    assert_eq!(
+        body(&nat.ns, "meta-data/tags/instance/natron:group"),
+        (200, "lab".into())
+    );
+    let (_, mac) = body(&nat.ns, "meta-data/mac");
+    assert_eq!(
+        body(
+            &nat.ns,
+            &format!("meta-data/network/interfaces/macs/{mac}/interface-id")
+        ),
+        (200, nat.interface_id.clone())
+    );
+    assert_eq!(
+        body(
+            &nat.ns,
+            &format!("meta-data/network/interfaces/macs/{mac}/vpc-ipv4-cidr-blocks")
+        ),
+        (200, "10.0.0.0/16".into())
+    );
+    // The same token from another instance answers for that instance.
+    let client = lab.clients[0].clone();
+    assert_eq!(
+        body(&client.ns, "meta-data/instance-id"),
+        (200, client.instance_id)
+    );
+    assert_eq!(body(&client.ns, "meta-data/public-ipv4").0, 404);
+}
+
+#[test]
+fn two_azs_each_served_by_their_own_nat() {
+    let lab = Lab::start(LabSpec::with_azs(2)).unwrap();
+    // Start AZ b with its table pointing at AZ a's client (somewhere wrong):
+    // the agent must replace it.
+    let (table_b, wrong) = (
+        lab.private_tables[1].clone(),
+        lab.clients[0].interface_id.clone(),
+    );
+    lab.ec2(|ec2| async move {
+        ec2.create_route()
+            .route_table_id(table_b)
+            .destination_cidr_block("0.0.0.0/0")
+            .network_interface_id(wrong)
+            .send()
+            .await
+            .unwrap();
+    });
+    let agents: Vec<_> = (0..2)
+        .map(|az| lab.start_agent(az, &lab.agent_config(), &[]).unwrap())
+        .collect();
+    for az in 0..2 {
+        let (table, eni) = (&lab.private_tables[az], &lab.nats[az].interface_id);
+        lab.wait_for(
+            "each AZ's table claimed by its own NAT",
+            Duration::from_secs(30),
+            || {
+                matches!(lab.default_route_of(table), Some(Target::Interface(ref e)) if e == eni)
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(agents[az])));
+        let seen = lab
+            .wait_for(
+                "client reaches the internet",
+                Duration::from_secs(10),
+                || lab.client_get(az, "/whoami").ok(),
+            )
+            .unwrap();
+        let eip = lab.spec.azs[az].eip;
+        assert!(
+            seen.starts_with(&format!("{eip}:")),
+            "AZ {az}: server saw {seen}, expected {eip}"
+        );
+    }
+    assert!(
+        lab.agent_log(agents[1]).contains("ReplaceRoute"),
+        "{}",
+        lab.agent_log(agents[1])
+    );
+}
