@@ -200,7 +200,7 @@ fn two_azs_each_served_by_their_own_nat() {
     let agents: Vec<_> = (0..2)
         .map(|az| lab.start_agent(az, &lab.agent_config(), &[]).unwrap())
         .collect();
-    for az in 0..2 {
+    for (az, agent) in agents.iter().enumerate() {
         let (table, eni) = (&lab.private_tables[az], &lab.nats[az].interface_id);
         lab.wait_for(
             "each AZ's table claimed by its own NAT",
@@ -210,7 +210,7 @@ fn two_azs_each_served_by_their_own_nat() {
                     .then_some(())
             },
         )
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(agents[az])));
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(*agent)));
         let seen = lab
             .wait_for(
                 "client reaches the internet",
