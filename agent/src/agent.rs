@@ -1,10 +1,11 @@
 //! The control loop: boot (identity, settings), then reconcile the data
 //! plane and the routes on a fixed tick until asked to stop.
 //!
-//! Order matters and is the invariant of this module: routes are claimed
-//! only once forwarding, the ruleset and the disabled source/dest check are
-//! verified in place and egress has been proven, so a route never points at
-//! an instance that would drop the traffic.
+//! Order matters and is the invariant of this module: the coordinator
+//! (route ownership) only ever points a table at this instance while
+//! /readyz would answer 200, that is once forwarding, the ruleset and the
+//! disabled source/dest check are verified in place and egress has been
+//! proven, so a route never points at an instance that would drop traffic.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,13 +16,14 @@ use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::config::{parse_port_range, Config};
+use crate::coordinator::{self, Coordinator};
 use crate::ec2::Ec2;
-use crate::identity::{read_identity_with_retries, Identity, Metadata, AZ_TAG, GROUP_TAG};
+use crate::identity::{read_identity_with_retries, Identity, Metadata, GROUP_TAG};
 use crate::kernel::{self, Outcome, Sysctl};
 use crate::nft::{Nft, Pass, Reconciler};
 use crate::notify;
+use crate::peers::Watch;
 use crate::probe::{self, RiseFall};
-use crate::routes::{self, Claim, Me};
 use crate::ruleset::{self, RulesetSpec};
 use crate::state::{area, Shared};
 
@@ -65,19 +67,19 @@ pub struct Agent {
 const SOURCE_DEST_RECHECK: Duration = Duration::from_secs(60);
 
 impl Agent {
-    /// Runs until `shutdown` resolves. The data plane is left in place on
+    /// Runs until `shutdown` resolves, then hands the route tables this
+    /// agent serves to a ready peer. The data plane is left in place on
     /// exit: the agent is never in the data path.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        tokio::select! {
-            _ = &mut shutdown => info!("stopping before the data plane was set up"),
-            _ = self.run_inner() => {}
-        }
-        notify::stopping();
-    }
-
-    async fn run_inner(&self) {
-        let resolved = self.boot().await;
+        let resolved = tokio::select! {
+            _ = &mut shutdown => {
+                info!("stopping before the data plane was set up");
+                notify::stopping();
+                return;
+            }
+            r = self.boot() => r,
+        };
         self.shared.update(|s| {
             s.identity = Some(resolved.identity.clone());
             s.group = Some(resolved.group.clone());
@@ -100,7 +102,23 @@ impl Agent {
         );
         tokio::spawn(run_prober(self.config.clone(), self.shared.clone()));
         let ec2 = (self.edges.ec2)(&resolved.identity).await;
-        self.control_loop(&resolved, ec2.as_ref()).await;
+        let coordinator = Arc::new(Coordinator::new(
+            ec2.clone(),
+            self.shared.clone(),
+            Arc::new(Watch::default()),
+            self.config.failover.clone(),
+            self.config.ec2.route_interval,
+            resolved.identity.instance_id.clone(),
+            resolved.identity.vpc_id.clone(),
+            resolved.group.clone(),
+        ));
+        coordinator::spawn(&coordinator, self.config.http.listen.port());
+        tokio::select! {
+            _ = &mut shutdown => {}
+            _ = self.control_loop(&resolved, ec2.as_ref()) => {}
+        }
+        notify::stopping();
+        coordinator.handoff().await;
     }
 
     /// Reads identity and resolves settings, retrying with backoff until
@@ -185,18 +203,13 @@ impl Agent {
         })
     }
 
+    /// The data plane: ruleset, sysctls, source/dest check, every tick.
     async fn control_loop(&self, r: &Resolved, ec2: &dyn Ec2) {
         let desired = ruleset::render(&r.spec);
-        let me = Me {
-            instance_id: r.identity.instance_id.clone(),
-            interface_id: r.identity.interface_id.clone(),
-        };
         let mut nft = Reconciler::default();
         let mut installed = false;
         let mut notified_ready = false;
         let mut sdc_checked: Option<Instant> = None;
-        let mut routes_checked: Option<Instant> = None;
-        let mut was_claimable = false;
         let mut tick = tokio::time::interval(self.config.nat.reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -224,14 +237,6 @@ impl Agent {
                 notify::ready();
                 notified_ready = true;
             }
-            // Claim as soon as it becomes possible, then every route_interval.
-            let claimable = status.dataplane_ready() && status.egress.healthy;
-            let due = routes_checked.is_none_or(|t| t.elapsed() >= self.config.ec2.route_interval);
-            if claimable && (due || !was_claimable) {
-                self.reconcile_routes(ec2, r, &me).await;
-                routes_checked = Some(Instant::now());
-            }
-            was_claimable = claimable;
             let summary = match status.readiness() {
                 Ok(()) => format!("ready; {} route table(s) owned", status.routes.owned.len()),
                 Err(reasons) => format!("not ready: {}", reasons.join("; ")),
@@ -359,60 +364,6 @@ impl Agent {
             };
         });
         ok
-    }
-
-    async fn reconcile_routes(&self, ec2: &dyn Ec2, r: &Resolved, me: &Me) {
-        let az = r.identity.availability_zone.as_str();
-        let tags = [(GROUP_TAG, r.group.as_str()), (AZ_TAG, az)];
-        let outcome = async {
-            let tables = ec2.route_tables(&r.identity.vpc_id, &tags).await?;
-            let claims = routes::plan_claims(me, &tables);
-            for claim in &claims {
-                match claim {
-                    Claim::Create { table } => {
-                        info!(table = %table, eni = %me.interface_id, reason = "home AZ table has no default route", "CreateRoute 0.0.0.0/0");
-                        ec2.create_default_route(table, &me.interface_id).await?;
-                    }
-                    Claim::Replace { table, from } => {
-                        info!(table = %table, eni = %me.interface_id, from = %from, reason = "home AZ table points elsewhere", "ReplaceRoute 0.0.0.0/0");
-                        ec2.replace_default_route(table, &me.interface_id).await?;
-                    }
-                }
-                self.shared.metrics.route_claims.inc();
-            }
-            let tables = if claims.is_empty() { tables } else { ec2.route_tables(&r.identity.vpc_id, &tags).await? };
-            Ok::<_, crate::ec2::Ec2Error>((tables, claims))
-        }
-        .await;
-        match outcome {
-            Ok((tables, claims)) => {
-                let owned = routes::owned(me, &tables);
-                if tables.is_empty() {
-                    warn!(group = %r.group, az, vpc = %r.identity.vpc_id, "no route tables tagged {GROUP_TAG}={} and {AZ_TAG}={az}", r.group);
-                }
-                self.shared.metrics.routes_owned.set(owned.len() as i64);
-                let change = (!claims.is_empty())
-                    .then(|| format!("{} claimed {}", unix_now(), claims.len()));
-                self.shared.update(|s| {
-                    s.routes.tables = tables;
-                    s.routes.owned = owned;
-                    if change.is_some() {
-                        s.routes.last_change = change;
-                    }
-                    s.problems.remove(area::ROUTES);
-                });
-            }
-            Err(e) => {
-                self.shared.metrics.ec2_errors.inc();
-                error!(error = %e, "claiming route tables");
-                // Visible in /status, but not a readiness problem: an EC2 API
-                // hiccup must not make peers think this NAT is down.
-                self.shared.update(|s| {
-                    s.warnings.retain(|w| !w.starts_with("routes:"));
-                    s.warnings.push(format!("routes: {e}"));
-                });
-            }
-        }
     }
 }
 

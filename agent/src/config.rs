@@ -45,6 +45,7 @@ pub struct Config {
     pub nat: NatConfig,
     pub conntrack: ConntrackConfig,
     pub ec2: Ec2Config,
+    pub failover: FailoverConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +166,57 @@ impl Default for Ec2Config {
         Ec2Config {
             route_interval: Duration::from_secs(10),
             max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// How often each peer's /readyz is asked.
+    #[serde(with = "humantime_serde")]
+    pub peer_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+    /// Ready answers in a row before a peer counts as ready.
+    pub peer_rise: u32,
+    /// Bad answers (503 or none) in a row before a peer counts as down.
+    pub peer_fall: u32,
+    /// How often this agent refreshes its `natron:heartbeat` tag.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// An unreachable peer whose heartbeat is older than this is gone.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// How long a home must be ready (and its table unchanged) before it
+    /// takes its table back from a live peer.
+    #[serde(with = "humantime_serde")]
+    pub hold_down: Duration,
+    /// How often the group's instances are re-read when all is well.
+    #[serde(with = "humantime_serde")]
+    pub peer_refresh: Duration,
+    /// Longest time a stopping agent spends handing its tables over.
+    #[serde(with = "humantime_serde")]
+    pub handoff_timeout: Duration,
+    /// How long a peer that has never been ready counts as starting rather
+    /// than failed when it answers 503.
+    #[serde(with = "humantime_serde")]
+    pub boot_grace: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            peer_interval: Duration::from_millis(250),
+            peer_timeout: Duration::from_millis(250),
+            peer_rise: 2,
+            peer_fall: 3,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_millis(2500),
+            hold_down: Duration::from_secs(30),
+            peer_refresh: Duration::from_secs(10),
+            handoff_timeout: Duration::from_secs(10),
+            boot_grace: Duration::from_secs(60),
         }
     }
 }
@@ -295,6 +347,37 @@ impl Config {
                 "conntrack.tcp_timeout_established",
                 "must be at least 60s",
             ));
+        }
+        let f = &self.failover;
+        if f.peer_interval < Duration::from_millis(50) {
+            return Err(invalid("failover.peer_interval", "must be at least 50ms"));
+        }
+        if f.peer_timeout.is_zero() || f.peer_timeout > Duration::from_secs(10) {
+            return Err(invalid(
+                "failover.peer_timeout",
+                "must be between 1ms and 10s",
+            ));
+        }
+        if f.peer_rise == 0 {
+            return Err(invalid("failover.peer_rise", "must be at least 1"));
+        }
+        if f.peer_fall == 0 {
+            return Err(invalid("failover.peer_fall", "must be at least 1"));
+        }
+        if f.heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "failover.heartbeat_interval",
+                "must be at least 100ms",
+            ));
+        }
+        if f.heartbeat_timeout < f.heartbeat_interval * 2 {
+            return Err(invalid(
+                "failover.heartbeat_timeout",
+                "must be at least twice failover.heartbeat_interval (one late beat must not mean death)",
+            ));
+        }
+        if f.peer_refresh < Duration::from_secs(1) {
+            return Err(invalid("failover.peer_refresh", "must be at least 1s"));
         }
         if self.ec2.route_interval < Duration::from_secs(1) {
             return Err(invalid("ec2.route_interval", "must be at least 1s"));
@@ -459,6 +542,12 @@ max_attempts = 3
             ("[conntrack]\nmax = 10\n", "conntrack.max", 2),
             ("group = \"\"\n", "group", 1),
             ("[ec2]\nmax_attempts = 0\n", "ec2.max_attempts", 2),
+            (
+                "[failover]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"1s\"\n",
+                "failover.heartbeat_timeout",
+                3,
+            ),
+            ("[failover]\npeer_fall = 0\n", "failover.peer_fall", 2),
         ];
         for (text, key, line) in cases {
             match parse(text) {

@@ -14,6 +14,8 @@ use serde::Serialize;
 use crate::error_chain;
 
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
+/// The tag an agent refreshes on its own instance to show it is alive.
+pub const HEARTBEAT_TAG: &str = "natron:heartbeat";
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("EC2 {operation} {resource}: {}{message}", code.as_ref().map(|c| format!("{c}: ")).unwrap_or_default())]
@@ -55,7 +57,23 @@ impl RouteTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteTable {
     pub id: String,
+    /// The table's `natron:az` tag: the AZ whose NAT is its home.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub az: Option<String>,
     pub default_route: Option<RouteTarget>,
+}
+
+/// An instance of the group, as DescribeInstances reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupInstance {
+    pub instance_id: String,
+    pub availability_zone: String,
+    pub private_ip: Option<std::net::Ipv4Addr>,
+    pub interface_ids: Vec<String>,
+    /// pending, running, stopping, stopped, shutting-down...
+    pub state: String,
+    /// The `natron:heartbeat` tag: unix milliseconds of its last beat.
+    pub heartbeat_ms: Option<u64>,
 }
 
 #[async_trait]
@@ -69,6 +87,16 @@ pub trait Ec2: Send + Sync {
         vpc_id: &str,
         tags: &[(&str, &str)],
     ) -> Result<Vec<RouteTable>, Ec2Error>;
+    /// One route table, read again (read-verify-write).
+    async fn route_table(&self, table_id: &str) -> Result<RouteTable, Ec2Error>;
+    /// Instances of `vpc_id` tagged `natron:group=<group>`, not terminated.
+    async fn group_instances(
+        &self,
+        vpc_id: &str,
+        group: &str,
+    ) -> Result<Vec<GroupInstance>, Ec2Error>;
+    /// Writes this instance's heartbeat tag.
+    async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), Ec2Error>;
     async fn create_default_route(
         &self,
         table_id: &str,
@@ -153,6 +181,61 @@ where
         code,
         message,
         retryable,
+    }
+}
+
+fn parse_route_table(rt: &aws_sdk_ec2::types::RouteTable) -> RouteTable {
+    let default_route = rt
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
+        .map(|r| RouteTarget {
+            instance_id: r.instance_id().map(str::to_string),
+            interface_id: r.network_interface_id().map(str::to_string),
+            other: r
+                .gateway_id()
+                .or(r.nat_gateway_id())
+                .or(r.vpc_peering_connection_id())
+                .or(r.transit_gateway_id())
+                .map(str::to_string),
+            state: r.state().map(|s| s.as_str().to_string()),
+        });
+    RouteTable {
+        id: rt.route_table_id().unwrap_or_default().to_string(),
+        az: rt
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(crate::identity::AZ_TAG))
+            .and_then(|t| t.value())
+            .map(str::to_string),
+        default_route,
+    }
+}
+
+fn parse_instance(i: &aws_sdk_ec2::types::Instance) -> GroupInstance {
+    GroupInstance {
+        instance_id: i.instance_id().unwrap_or_default().to_string(),
+        availability_zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or_default()
+            .to_string(),
+        private_ip: i.private_ip_address().and_then(|p| p.parse().ok()),
+        interface_ids: i
+            .network_interfaces()
+            .iter()
+            .filter_map(|n| n.network_interface_id().map(str::to_string))
+            .collect(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default(),
+        heartbeat_ms: i
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(HEARTBEAT_TAG))
+            .and_then(|t| t.value()?.parse().ok()),
     }
 }
 
@@ -266,27 +349,7 @@ impl Ec2 for AwsEc2 {
                     .send()
                     .await
                     .map_err(|e| classify("DescribeRouteTables", &resource, e))?;
-                for rt in out.route_tables() {
-                    let default_route = rt
-                        .routes()
-                        .iter()
-                        .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
-                        .map(|r| RouteTarget {
-                            instance_id: r.instance_id().map(str::to_string),
-                            interface_id: r.network_interface_id().map(str::to_string),
-                            other: r
-                                .gateway_id()
-                                .or(r.nat_gateway_id())
-                                .or(r.vpc_peering_connection_id())
-                                .or(r.transit_gateway_id())
-                                .map(str::to_string),
-                            state: r.state().map(|s| s.as_str().to_string()),
-                        });
-                    tables.push(RouteTable {
-                        id: rt.route_table_id().unwrap_or_default().to_string(),
-                        default_route,
-                    });
-                }
+                tables.extend(out.route_tables().iter().map(parse_route_table));
                 token = out.next_token().map(str::to_string);
                 if token.is_none() {
                     break;
@@ -296,6 +359,88 @@ impl Ec2 for AwsEc2 {
             Ok(tables)
         })
         .await
+    }
+
+    async fn route_table(&self, table_id: &str) -> Result<RouteTable, Ec2Error> {
+        self.retry(|| async {
+            let out = self
+                .client
+                .describe_route_tables()
+                .route_table_ids(table_id)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeRouteTables", table_id, e))?;
+            out.route_tables()
+                .first()
+                .map(parse_route_table)
+                .ok_or_else(|| Ec2Error {
+                    operation: "DescribeRouteTables",
+                    resource: table_id.into(),
+                    code: None,
+                    message: "route table not in the answer".into(),
+                    retryable: false,
+                })
+        })
+        .await
+    }
+
+    async fn group_instances(
+        &self,
+        vpc_id: &str,
+        group: &str,
+    ) -> Result<Vec<GroupInstance>, Ec2Error> {
+        let resource = format!("in {vpc_id} tagged {}={group}", crate::identity::GROUP_TAG);
+        self.retry(|| async {
+            let mut out = Vec::new();
+            let mut token = None;
+            loop {
+                let page = self
+                    .client
+                    .describe_instances()
+                    .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+                    .filters(
+                        Filter::builder()
+                            .name(format!("tag:{}", crate::identity::GROUP_TAG))
+                            .values(group)
+                            .build(),
+                    )
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeInstances", &resource, e))?;
+                out.extend(
+                    page.reservations()
+                        .iter()
+                        .flat_map(|r| r.instances())
+                        .map(parse_instance)
+                        .filter(|i| i.state != "terminated"),
+                );
+                token = page.next_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), Ec2Error> {
+        // One attempt: the next beat is the retry.
+        self.client
+            .create_tags()
+            .resources(instance_id)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(HEARTBEAT_TAG)
+                    .value(unix_ms.to_string())
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("CreateTags", instance_id, e))?;
+        Ok(())
     }
 
     async fn create_default_route(
@@ -349,6 +494,7 @@ pub mod fake {
     pub struct FakeEc2 {
         pub source_dest_check: Mutex<BTreeMap<String, bool>>,
         pub tables: Mutex<BTreeMap<String, Option<RouteTarget>>>,
+        pub instances: Mutex<Vec<GroupInstance>>,
         pub fail_next: Mutex<Vec<Ec2Error>>,
         pub calls: Mutex<Vec<String>>,
     }
@@ -405,9 +551,29 @@ pub mod fake {
                 .iter()
                 .map(|(id, t)| RouteTable {
                     id: id.clone(),
+                    az: None,
                     default_route: t.clone(),
                 })
                 .collect())
+        }
+        async fn route_table(&self, table_id: &str) -> Result<RouteTable, Ec2Error> {
+            self.call(format!("DescribeRouteTables {table_id}"))?;
+            Ok(RouteTable {
+                id: table_id.into(),
+                az: None,
+                default_route: self.tables.lock().unwrap().get(table_id).cloned().flatten(),
+            })
+        }
+        async fn group_instances(
+            &self,
+            _vpc: &str,
+            _group: &str,
+        ) -> Result<Vec<GroupInstance>, Ec2Error> {
+            self.call("DescribeInstances".into())?;
+            Ok(self.instances.lock().unwrap().clone())
+        }
+        async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), Ec2Error> {
+            self.call(format!("CreateTags {instance_id} {unix_ms}"))
         }
         async fn create_default_route(&self, table_id: &str, eni: &str) -> Result<(), Ec2Error> {
             self.call(format!("CreateRoute {table_id} {eni}"))?;

@@ -1,17 +1,21 @@
 //! natron-agent: the daemon on each natron NAT instance.
 //!
 //! Pure core, thin edges. The pure modules compute what should be
-//! (`config`, `ruleset`, `routes`, parts of `kernel`, `identity`, `probe`);
+//! (`config`, `ruleset`, `failover`, parts of `kernel`, `identity`, `probe`,
+//! `peers`);
 //! the edges touch the world through narrow traits with one real and one
 //! fake implementation (`identity::Metadata`/`imds`, `nft::Nft`,
-//! `kernel::Sysctl`, `ec2::Ec2`); `agent` runs the control loop over them;
+//! `kernel::Sysctl`, `ec2::Ec2`); `agent` runs the data-plane loop and
+//! `coordinator` the route-ownership loop over them;
 //! `http`, `notify` and `logging` report. Only `exec` spawns processes.
 //! See ARCHITECTURE.md for the data flow and the invariants.
 
 pub mod agent;
 pub mod config;
+pub mod coordinator;
 pub mod ec2;
 pub mod exec;
+pub mod failover;
 pub mod http;
 pub mod identity;
 pub mod imds;
@@ -19,8 +23,8 @@ pub mod kernel;
 pub mod logging;
 pub mod nft;
 pub mod notify;
+pub mod peers;
 pub mod probe;
-pub mod routes;
 pub mod ruleset;
 pub mod state;
 

@@ -95,36 +95,54 @@ async fn probe_inner(target: &ProbeTarget) -> Result<(), String> {
             Ok(())
         }
         ProbeTarget::Http { host, port, path } => {
-            let stream = TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| format!("http: {e}"))?;
-            let conn = tokio::spawn(conn);
-            let request = hyper::Request::get(path.as_str())
-                .header("host", host.as_str())
-                .header(
-                    "user-agent",
-                    concat!("natron-agent/", env!("CARGO_PKG_VERSION")),
-                )
-                .header("connection", "close")
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("http request: {e}"))?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| format!("http: {e}"));
-            conn.abort();
-            let status = response?.status();
-            if status.is_success() || status.is_redirection() {
+            let (status, _) = http_get(host, *port, path).await?;
+            if (200..400).contains(&status) {
                 Ok(())
             } else {
                 Err(format!("http status {status}"))
             }
         }
     }
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status, body). No timeout of
+/// its own; callers wrap it.
+pub async fn http_get(host: &str, port: u16, path: &str) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header("host", host)
+        .header(
+            "user-agent",
+            concat!("natron-agent/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("connection", "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("http request: {e}"))?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("http: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("http body: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+    .await;
+    conn.abort();
+    result
 }
 
 /// Rise/fall hysteresis: `rise` passing rounds in a row make a failed

@@ -28,6 +28,7 @@ pub mod area {
     pub const SOURCE_DEST_CHECK: &str = "source_dest_check";
     pub const EGRESS: &str = "egress";
     pub const ROUTES: &str = "routes";
+    pub const DRAINING: &str = "draining";
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -67,6 +68,7 @@ pub struct Status {
     pub dataplane: DataPlane,
     pub egress: Egress,
     pub routes: Routes,
+    pub failover: crate::coordinator::FailoverStatus,
     /// What currently holds readiness back or needs attention, by area.
     pub problems: BTreeMap<&'static str, String>,
     pub warnings: Vec<String>,
@@ -134,6 +136,9 @@ pub struct Metrics {
     pub probe_results: Family<Labels, Counter>,
     pub routes_owned: Gauge,
     pub route_claims: Counter,
+    pub route_moves: Family<Labels, Counter>,
+    pub last_route_move: Gauge<f64, AtomicU64>,
+    pub peer_ready: Family<Labels, Gauge>,
     pub drift_repairs: Counter,
     pub ec2_errors: Counter,
     /// Last kernel counter readings, to turn them into monotonic counters
@@ -169,6 +174,9 @@ impl Metrics {
             probe_results: Family::default(),
             routes_owned: Gauge::default(),
             route_claims: Counter::default(),
+            route_moves: Family::default(),
+            last_route_move: Gauge::default(),
+            peer_ready: Family::default(),
             drift_repairs: Counter::default(),
             ec2_errors: Counter::default(),
             last_kernel: Mutex::new(BTreeMap::new()),

@@ -188,6 +188,7 @@ fn two_azs_each_served_by_their_own_nat() {
         lab.private_tables[1].clone(),
         lab.clients[0].interface_id.clone(),
     );
+    let wrong_eni = wrong.clone();
     lab.ec2(|ec2| async move {
         ec2.create_route()
             .route_table_id(table_b)
@@ -224,9 +225,9 @@ fn two_azs_each_served_by_their_own_nat() {
             "AZ {az}: server saw {seen}, expected {eip}"
         );
     }
+    let log = lab.agent_log(agents[1]);
     assert!(
-        lab.agent_log(agents[1]).contains("ReplaceRoute"),
-        "{}",
-        lab.agent_log(agents[1])
+        log.contains("route 0.0.0.0/0 moved") && log.contains(&format!("from={wrong_eni}")),
+        "{log}"
     );
 }
