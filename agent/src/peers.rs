@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::failover::Health;
 use crate::probe;
 
-/// One answer from a peer.
+/// One answer from a peer. Tracking: Unknown until `rise` ready answers
+/// (up) or `fall` silences or a single 503 (down).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Observation {
@@ -66,7 +67,10 @@ impl Tracker {
             self.bad_streak += 1;
             self.ok_streak = 0;
             self.last_bad = Some(obs.clone());
-            if self.bad_streak >= self.fall {
+            // A 503 is the peer's own verdict, already debounced by its
+            // rise/fall: one is enough. Silence needs `fall` in a row.
+            let is_verdict = matches!(obs, Observation::NotReady { .. });
+            if is_verdict || self.bad_streak >= self.fall {
                 self.up = Some(false);
             }
         }
@@ -187,17 +191,22 @@ mod tests {
         t.observe(Observation::Ready);
         assert_eq!(t.health(None, T, G), Health::Ready);
         assert!(t.ever_up);
-        t.observe(Observation::NotReady {
-            reason: "egress".into(),
-        });
-        t.observe(Observation::NotReady {
-            reason: "egress".into(),
-        });
+        let silence = || Observation::Unreachable {
+            why: "timeout".into(),
+        };
+        t.observe(silence());
+        t.observe(silence());
         assert_eq!(
             t.health(None, T, G),
             Health::Ready,
-            "two bad answers are not enough"
+            "two silences are not enough"
         );
+        t.observe(silence());
+        assert!(t.unreachable());
+        t.observe(Observation::Ready);
+        t.observe(Observation::Ready);
+        assert_eq!(t.health(None, T, G), Health::Ready);
+        // One 503 is the peer's own debounced verdict.
         t.observe(Observation::NotReady {
             reason: "egress".into(),
         });

@@ -10,7 +10,7 @@
 //! Every namespace is named `nt-<pid>-<seq>-<role>` and deleted when the
 //! [`Lab`] is dropped (even on panic), after killing what runs inside.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -25,9 +25,11 @@ use aws_sdk_ec2::types::{
 use ipnet::Ipv4Net;
 
 use crate::emulator::{self, REGION};
+use crate::faults::{self, Faults};
 use crate::imds::{self, Imds};
 use crate::internet;
 use crate::netns::{self, NsRuntime};
+use crate::prober::{self, Records};
 use crate::router::{self, Attachments, RouterConfig, TableIds, DELIVERY_TABLE};
 use crate::vpc::{self, VpcView};
 use crate::{exec, LabError};
@@ -101,7 +103,11 @@ pub struct AgentId(usize);
 struct AgentProcess {
     child: Child,
     log: PathBuf,
+    az: usize,
 }
+
+/// Default-route changes per route table, as the lab's router saw them.
+pub type RouteHistory = Arc<Mutex<BTreeMap<String, Vec<(Instant, Option<vpc::Target>)>>>>;
 
 /// Namespaces and processes to remove, whatever happens.
 #[derive(Default)]
@@ -145,6 +151,8 @@ pub struct Lab {
     pub view: Arc<RwLock<VpcView>>,
     /// The last sync error, if the latest pass failed.
     pub sync_error: Arc<Mutex<Option<String>>>,
+    pub history: RouteHistory,
+    faults: Mutex<Faults>,
     ec2: aws_sdk_ec2::Client,
     agents: Mutex<Vec<AgentProcess>>,
     runtimes: Mutex<HashMap<String, Arc<NsRuntime>>>,
@@ -228,7 +236,9 @@ impl Lab {
         // First sync before anything runs, then keep syncing.
         let view = Arc::new(RwLock::new(VpcView::default()));
         let sync_error = Arc::new(Mutex::new(None));
+        let history = RouteHistory::default();
         let mut syncer = Syncer {
+            history: history.clone(),
             ec2: ec2.clone(),
             vpc_id: provisioned.vpc_id.clone(),
             router_ns: router_ns.clone(),
@@ -277,6 +287,8 @@ impl Lab {
             public_table: provisioned.public_table,
             view,
             sync_error,
+            history,
+            faults: Mutex::new(Faults::default()),
             ec2,
             agents: Mutex::new(Vec::new()),
             runtimes: Mutex::new(runtimes),
@@ -342,7 +354,7 @@ impl Lab {
         let s = internet::SERVER;
         format!(
             "[http]\nlisten = \"0.0.0.0:{AGENT_PORT}\"\n\n[health]\ntargets = [\"tcp://{s}:{}\", \"http://{s}/\"]\n\
-             interval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n\n[nat]\nreconcile_interval = \"1s\"\n\n\
+             interval = \"200ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n\n[nat]\nreconcile_interval = \"1s\"\n\n\
              [ec2]\nroute_interval = \"2s\"\nmax_attempts = 3\n",
             internet::HTTP_PORT
         )
@@ -392,7 +404,7 @@ impl Lab {
             vars.push((k.to_string(), v.to_string()));
         }
         let child = exec::spawn_in_ns(&nat.ns, &agent_binary()?, &args, &vars, &log)?;
-        agents.push(AgentProcess { child, log });
+        agents.push(AgentProcess { child, log, az });
         Ok(AgentId(n))
     }
 
@@ -519,6 +531,131 @@ impl Lab {
 
     pub fn log_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// [`Lab::agent_config`] plus failover timings for the lab: peers asked
+    /// every 200 ms, heartbeat every 500 ms (stale after 1.2 s), `hold_down`.
+    pub fn failover_config(&self, hold_down: Duration) -> String {
+        format!(
+            "{}\n[failover]\npeer_interval = \"200ms\"\npeer_timeout = \"200ms\"\npeer_rise = 2\npeer_fall = 3\n\
+             heartbeat_interval = \"500ms\"\nheartbeat_timeout = \"1200ms\"\nhold_down = \"{}ms\"\n\
+             peer_refresh = \"5s\"\nhandoff_timeout = \"5s\"\n",
+            self.agent_config(),
+            hold_down.as_millis()
+        )
+    }
+
+    /// Starts a 50 ms prober in client `az`'s subnet.
+    pub fn start_prober(&self, az: usize) -> Records {
+        let records = Records::default();
+        self.spawn_in(&self.clients[az].ns, prober::run(records.clone()));
+        records
+    }
+
+    /// The instance id whose ENI `table`'s default route targets, per the
+    /// lab router's last sync.
+    pub fn table_owner(&self, table: &str) -> Option<String> {
+        let view = self.view.read().expect("view");
+        match view.default_target(table)? {
+            vpc::Target::Interface(eni) => view
+                .instances
+                .iter()
+                .find(|i| i.interface_id == eni)
+                .map(|i| i.id.clone()),
+            vpc::Target::Instance(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The default-route changes of `table` seen so far.
+    pub fn route_changes(&self, table: &str) -> Vec<(Instant, Option<vpc::Target>)> {
+        self.history
+            .lock()
+            .expect("history")
+            .get(table)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// NAT `az` dies: its agents are SIGKILLed and its links go down.
+    pub fn kill_nat(&self, az: usize) -> Result<(), LabError> {
+        let nat = &self.nats[az];
+        exec::ip(&nat.ns, &["link", "set", "eth0", "down"])?;
+        exec::ip(&self.router_ns, &["link", "set", &nat.router_dev, "down"])?;
+        for a in self
+            .agents
+            .lock()
+            .expect("agents")
+            .iter_mut()
+            .filter(|a| a.az == az)
+        {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+        Ok(())
+    }
+
+    /// NAT `az`'s links come back (its agent must be started again).
+    pub fn revive_nat(&self, az: usize) -> Result<(), LabError> {
+        let nat = &self.nats[az];
+        let subnet = self.spec.azs[az].public_cidr;
+        let gateway = subnet.hosts().next().expect("hosts").to_string();
+        exec::ip(&self.router_ns, &["link", "set", &nat.router_dev, "up"])?;
+        exec::ip(&nat.ns, &["link", "set", "eth0", "up"])?;
+        exec::ip(
+            &nat.ns,
+            &[
+                "route", "replace", "default", "via", &gateway, "dev", "eth0",
+            ],
+        )?;
+        let dest = format!("{}/32", nat.ip);
+        let table = DELIVERY_TABLE.to_string();
+        exec::ip(
+            &self.router_ns,
+            &[
+                "route",
+                "replace",
+                &dest,
+                "dev",
+                &nat.router_dev,
+                "table",
+                &table,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn change_faults(&self, f: impl FnOnce(&mut Faults)) -> Result<(), LabError> {
+        let mut faults = self.faults.lock().expect("faults");
+        f(&mut faults);
+        faults::apply(&self.router_ns, &self.igw_ns, &faults)
+    }
+
+    /// The IGW drops NAT `az`'s internet traffic (both ways).
+    pub fn break_egress(&self, az: usize) -> Result<(), LabError> {
+        let pair = (self.nats[az].ip, self.spec.azs[az].eip);
+        self.change_faults(|f| {
+            f.egress_blocked.insert(pair);
+        })
+    }
+
+    pub fn restore_egress(&self, az: usize) -> Result<(), LabError> {
+        let pair = (self.nats[az].ip, self.spec.azs[az].eip);
+        self.change_faults(|f| {
+            f.egress_blocked.remove(&pair);
+        })
+    }
+
+    /// The VPC router drops everything between NATs `a` and `b`.
+    pub fn partition(&self, a: usize, b: usize) -> Result<(), LabError> {
+        let pair = (self.nats[a].ip, self.nats[b].ip);
+        self.change_faults(|f| {
+            f.partitions.insert(pair);
+        })
+    }
+
+    pub fn heal_partitions(&self) -> Result<(), LabError> {
+        self.change_faults(|f| f.partitions.clear())
     }
 }
 
@@ -1017,6 +1154,7 @@ async fn launch(
 
 /// Keeps the router and IGW in step with the emulator.
 struct Syncer {
+    history: RouteHistory,
     ec2: aws_sdk_ec2::Client,
     vpc_id: String,
     router_ns: String,
@@ -1038,6 +1176,16 @@ impl Syncer {
     async fn pass_inner(&mut self) -> Result<(), LabError> {
         let view = vpc::read(&self.ec2, &self.vpc_id).await?;
         let config = router::render(&view, &self.attachments, &mut self.ids);
+        {
+            let mut history = self.history.lock().expect("history");
+            for t in &view.route_tables {
+                let target = view.default_target(&t.id);
+                let changes = history.entry(t.id.clone()).or_default();
+                if changes.last().map(|(_, last)| last) != Some(&target) {
+                    changes.push((Instant::now(), target));
+                }
+            }
+        }
         *self.view.write().expect("view") = view;
         if self.applied.as_ref() == Some(&config) {
             return Ok(());

@@ -8,10 +8,12 @@
 
 pub mod emulator;
 pub mod exec;
+pub mod faults;
 pub mod imds;
 pub mod internet;
 pub mod lab;
 pub mod netns;
+pub mod prober;
 pub mod router;
 pub mod vpc;
 
