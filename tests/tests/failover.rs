@@ -23,7 +23,7 @@ fn two_azs(hold_down: Duration) -> Setup {
     let agents: Vec<AgentId> = (0..2)
         .map(|az| lab.start_agent(az, &config, &[]).unwrap())
         .collect();
-    for az in 0..2 {
+    for (az, agent) in agents.iter().enumerate() {
         let (table, me) = (
             lab.private_tables[az].clone(),
             lab.nats[az].instance_id.clone(),
@@ -31,14 +31,14 @@ fn two_azs(hold_down: Duration) -> Setup {
         lab.wait_for("home tables claimed", Duration::from_secs(30), || {
             (lab.table_owner(&table).as_deref() == Some(me.as_str())).then_some(())
         })
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(agents[az])));
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(*agent)));
     }
-    for az in 0..2 {
+    for (az, agent) in agents.iter().enumerate() {
         lab.wait_for("each sees its peer ready", Duration::from_secs(15), || {
             let s = lab.agent_status(az).ok()?;
             (s["failover"]["peers"][0]["health"]["state"] == "ready").then_some(())
         })
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(agents[az])));
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(*agent)));
     }
     let probes: Vec<Records> = (0..2).map(|az| lab.start_prober(az)).collect();
     std::thread::sleep(Duration::from_millis(500));
