@@ -15,6 +15,7 @@ pub mod lab;
 pub mod netns;
 pub mod prober;
 pub mod router;
+pub mod scenario;
 pub mod vpc;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! `natron-lab demo`: builds a two-AZ lab, shows the private clients failing
 //! to reach the internet, starts natron-agent on each NAT instance, and shows
-//! each client reaching the internet server through its own AZ's NAT.
+//! each client reaching the internet server through its own AZ's NAT; then
+//! kills NAT-A and shows AZ a's traffic moving to NAT-B.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use natron_lab::lab::{Lab, LabSpec};
 use natron_lab::vpc::Target;
+
+mod bench;
 
 #[derive(Parser)]
 #[command(name = "natron-lab", about = "natron's local VPC lab")]
@@ -20,11 +23,24 @@ struct Cli {
 enum Command {
     /// Two AZs: private clients reaching the internet through natron.
     Demo,
+    /// Failover figures: each failure repeated, p50/p99/max of the outage.
+    Bench {
+        /// Repetitions of each failure.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Length of the partition run.
+        #[arg(long, default_value_t = 60)]
+        partition_secs: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo => demo(),
+        Command::Bench {
+            runs,
+            partition_secs,
+        } => bench::run(runs, partition_secs),
     }
 }
 
@@ -69,7 +85,7 @@ fn demo() -> anyhow::Result<()> {
 
     step("starting natron-agent on each NAT instance");
     let agents = (0..lab.nats.len())
-        .map(|i| lab.start_agent(i, &lab.agent_config(), &[]))
+        .map(|i| lab.start_agent(i, &lab.failover_config(Duration::from_secs(30)), &[]))
         .collect::<Result<Vec<_>, _>>()?;
     let t0 = Instant::now();
     for (i, agent) in agents.iter().enumerate() {
@@ -142,6 +158,42 @@ fn demo() -> anyhow::Result<()> {
     }) {
         println!("    {line}");
     }
+
+    step("failover: a prober in lambda-a sends a request every 50 ms; NAT-A dies (agent killed, links down)");
+    let probes = lab.start_prober(0);
+    lab.wait_for(
+        "peers see each other ready",
+        Duration::from_secs(15),
+        || {
+            let st = lab.agent_status(1).ok()?;
+            (st["failover"]["peers"][0]["health"]["state"] == "ready").then_some(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    lab.kill_nat(0)?;
+    let eip_b = lab.spec.azs[1].eip.to_string();
+    let outage = lab
+        .wait_for("AZ a served through NAT-B", Duration::from_secs(20), || {
+            probes.first_via_after(t0, &eip_b)
+        })
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", lab.agent_log(agents[1])))?;
+    println!(
+        "    lambda-a's requests answered again through NAT-B ({eip_b}) {:.2}s after NAT-A died",
+        outage.as_secs_f64()
+    );
+    println!(
+        "    {}: 0.0.0.0/0 -> {:?}",
+        lab.private_tables[0],
+        lab.default_route_of(&lab.private_tables[0])
+    );
+    let status = lab.agent_status(1).map_err(|e| anyhow::anyhow!(e))?;
+    let event = &status["failover"]["events"][0];
+    println!(
+        "    nat-b's /status: {} of {}: {}",
+        event["kind"], event["table"], event["reason"]
+    );
 
     step("nat-a's nftables table (nft list table ip natron)");
     let listing =

@@ -5,83 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use natron_lab::lab::{AgentId, Lab, LabSpec};
-use natron_lab::prober::Records;
+use natron_lab::scenario::TwoAzs;
 use nix::sys::signal::Signal;
 
-struct Setup {
-    lab: Lab,
-    agents: Vec<AgentId>,
-    probes: Vec<Records>,
-}
-
-/// Two AZs, both agents ready and serving their home tables, peers seen
-/// ready by each other, a prober in each private subnet.
-fn two_azs(hold_down: Duration) -> Setup {
-    let lab = Lab::start(LabSpec::with_azs(2)).expect("lab starts");
-    let config = lab.failover_config(hold_down);
-    let agents: Vec<AgentId> = (0..2)
-        .map(|az| lab.start_agent(az, &config, &[]).unwrap())
-        .collect();
-    for (az, agent) in agents.iter().enumerate() {
-        let (table, me) = (
-            lab.private_tables[az].clone(),
-            lab.nats[az].instance_id.clone(),
-        );
-        lab.wait_for("home tables claimed", Duration::from_secs(30), || {
-            (lab.table_owner(&table).as_deref() == Some(me.as_str())).then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(*agent)));
-    }
-    for (az, agent) in agents.iter().enumerate() {
-        lab.wait_for("each sees its peer ready", Duration::from_secs(15), || {
-            let s = lab.agent_status(az).ok()?;
-            (s["failover"]["peers"][0]["health"]["state"] == "ready").then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(*agent)));
-    }
-    let probes: Vec<Records> = (0..2).map(|az| lab.start_prober(az)).collect();
-    std::thread::sleep(Duration::from_millis(500));
-    Setup {
-        lab,
-        agents,
-        probes,
-    }
-}
-
-fn eip(lab: &Lab, az: usize) -> String {
-    lab.spec.azs[az].eip.to_string()
-}
-
-/// Waits until client `az`'s probes go out through NAT `via`; the outage.
-fn outage_until_via(s: &Setup, az: usize, via: usize, t0: Instant) -> Duration {
-    let public = eip(&s.lab, via);
-    s.lab
-        .wait_for(
-            "probes answered through the other NAT",
-            Duration::from_secs(20),
-            || s.probes[az].first_via_after(t0, &public),
-        )
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\n--- nat-{via} agent ---\n{}",
-                s.lab.agent_log(s.agents[via])
-            )
-        })
-}
-
-fn owner_is(s: &Setup, table_az: usize, nat_az: usize, timeout: Duration) -> Result<(), String> {
-    let (table, want) = (
-        s.lab.private_tables[table_az].clone(),
-        s.lab.nats[nat_az].instance_id.clone(),
-    );
-    s.lab.wait_for("table owner", timeout, || {
-        (s.lab.table_owner(&table).as_deref() == Some(want.as_str())).then_some(())
-    })
-}
-
-fn readyz(s: &Setup, az: usize) -> Option<(u16, String)> {
-    s.lab.agent_get(az, "/readyz").ok()
+fn two_azs(hold_down: Duration) -> TwoAzs {
+    TwoAzs::start(hold_down).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -89,9 +17,11 @@ fn dead_nat_is_replaced_by_the_other_az() {
     let s = two_azs(Duration::from_secs(30));
     let t0 = Instant::now();
     s.lab.kill_nat(0).unwrap();
-    owner_is(&s, 0, 1, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.agent_log(s.agents[1])));
-    let outage = outage_until_via(&s, 0, 1, t0);
+    s.owner_is(0, 1, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{}", s.with_log(1, e)));
+    let outage = s
+        .served_via(0, 1, t0, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     println!("NAT-A killed: AZ a's clients served through NAT-B after {outage:?}");
     assert!(outage < Duration::from_secs(10), "{outage:?}");
     // AZ b's clients never noticed.
@@ -108,24 +38,43 @@ fn dead_nat_is_replaced_by_the_other_az() {
         status["failover"]["events"][0]["kind"], "takeover",
         "{status}"
     );
+    let table_a = status["failover"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == s.lab.private_tables[0].as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(table_a["role"], "taken_over", "{table_a}");
+    assert_eq!(
+        table_a["owner"],
+        s.lab.nats[1].instance_id.as_str(),
+        "{table_a}"
+    );
+    assert_eq!(
+        table_a["home"],
+        s.lab.nats[0].instance_id.as_str(),
+        "{table_a}"
+    );
 }
 
 #[test]
 fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
     let hold_down = Duration::from_secs(5);
     let s = two_azs(hold_down);
-    let table_a = s.lab.private_tables[0].clone();
     let t0 = Instant::now();
     s.lab.break_egress(0).unwrap();
     let (_, body) = s
         .lab
         .wait_for("NAT-A reports 503", Duration::from_secs(10), || {
-            readyz(&s, 0).filter(|(code, _)| *code == 503)
+            s.readyz(0).filter(|(c, _)| *c == 503)
         })
         .unwrap();
     assert!(body.contains("egress"), "{body}");
-    owner_is(&s, 0, 1, Duration::from_secs(20)).unwrap();
-    let outage = outage_until_via(&s, 0, 1, t0);
+    s.owner_is(0, 1, Duration::from_secs(20)).unwrap();
+    let outage = s
+        .served_via(0, 1, t0, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     println!("NAT-A egress broken: AZ a served through NAT-B after {outage:?}");
     assert!(outage < Duration::from_secs(10), "{outage:?}");
 
@@ -135,12 +84,12 @@ fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
     s.lab.restore_egress(0).unwrap();
     s.lab
         .wait_for("NAT-A ready again", Duration::from_secs(10), || {
-            readyz(&s, 0).filter(|(c, _)| *c == 200)
+            s.readyz(0).filter(|(c, _)| *c == 200)
         })
         .unwrap();
     let ready_at = Instant::now();
-    owner_is(&s, 0, 0, hold_down + Duration::from_secs(15))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.agent_log(s.agents[0])));
+    s.owner_is(0, 0, hold_down + Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{}", s.with_log(0, e)));
     let back_at = Instant::now();
     assert!(
         back_at >= ready_at + hold_down - Duration::from_millis(500),
@@ -149,17 +98,11 @@ fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
     );
     // No flapping afterwards.
     std::thread::sleep(hold_down + Duration::from_secs(2));
-    let changes: Vec<_> = s
-        .lab
-        .route_changes(&table_a)
-        .into_iter()
-        .filter(|(t, _)| *t >= t1)
-        .collect();
     assert_eq!(
-        changes.len(),
+        s.changes_since(0, t1),
         1,
-        "table a changed owner {} times after recovery: {changes:?}",
-        changes.len()
+        "{:?}",
+        s.lab.route_changes(&s.lab.private_tables[0])
     );
     let loss = s.probes[0].longest_loss(t1, Instant::now());
     assert!(loss < Duration::from_millis(1000), "failback lost {loss:?}");
@@ -176,7 +119,7 @@ fn sigterm_hands_routes_over_with_at_most_a_couple_of_lost_probes() {
         .wait_agent_exit(s.agents[0], Duration::from_secs(15))
         .expect("agent exits");
     assert_eq!(code, Some(0), "{}", s.lab.agent_log(s.agents[0]));
-    owner_is(&s, 0, 1, Duration::from_secs(2)).unwrap();
+    s.owner_is(0, 1, Duration::from_secs(2)).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let lost = s.probes[0].lost_between(t0, Instant::now() - Duration::from_millis(1100));
     println!("planned handoff: {lost} probes lost");
@@ -188,14 +131,7 @@ fn sigterm_hands_routes_over_with_at_most_a_couple_of_lost_probes() {
     );
     // The peer keeps it: nobody hands it back while its home is gone.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        s.lab
-            .route_changes(&s.lab.private_tables[0])
-            .iter()
-            .filter(|(t, _)| *t >= t0)
-            .count(),
-        1
-    );
+    assert_eq!(s.changes_since(0, t0), 1);
 }
 
 #[test]
@@ -219,17 +155,12 @@ fn partitioned_nats_do_not_flap() {
                     (h["state"] == "unreachable" && h["stale"] == false).then_some(())
                 },
             )
-            .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.agent_log(s.agents[az])));
+            .unwrap_or_else(|e| panic!("{}", s.with_log(az, e)));
     }
     std::thread::sleep(Duration::from_secs(secs).saturating_sub(t0.elapsed()));
     let end = Instant::now();
     for az in 0..2 {
-        let changes = s
-            .lab
-            .route_changes(&s.lab.private_tables[az])
-            .into_iter()
-            .filter(|(t, _)| *t >= t0)
-            .count();
+        let changes = s.changes_since(az, t0);
         assert!(
             changes <= 1,
             "table {az} changed owner {changes} times in {secs}s of partition"
@@ -251,7 +182,7 @@ fn both_down_changes_nothing_and_the_first_back_takes_all() {
     for az in 0..2 {
         s.lab
             .wait_for("503", Duration::from_secs(10), || {
-                readyz(&s, az).filter(|(c, _)| *c == 503)
+                s.readyz(az).filter(|(c, _)| *c == 503)
             })
             .unwrap();
     }
@@ -271,11 +202,13 @@ fn both_down_changes_nothing_and_the_first_back_takes_all() {
     }
     let t0 = Instant::now();
     s.lab.restore_egress(1).unwrap();
-    owner_is(&s, 0, 1, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.agent_log(s.agents[1])));
-    owner_is(&s, 1, 1, Duration::from_secs(1)).unwrap();
+    s.owner_is(0, 1, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{}", s.with_log(1, e)));
+    s.owner_is(1, 1, Duration::from_secs(1)).unwrap();
     for az in 0..2 {
-        let outage = outage_until_via(&s, az, 1, t0);
+        let outage = s
+            .served_via(az, 1, t0, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(outage < Duration::from_secs(10), "AZ {az}: {outage:?}");
     }
 }

@@ -5,6 +5,7 @@
 //!   cargo xtask setup   apt packages and the pinned EC2 emulator venv
 //!   cargo xtask demo    setup, build, run the lab demo
 //!   cargo xtask test    setup, build, run every test (what CI runs)
+//!   cargo xtask bench   setup, build, print the failover figures
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,8 +21,9 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("demo") => setup().and_then(|_| demo()),
         Some("test") => setup().and_then(|_| test(&args[1..])),
+        Some("bench") => setup().and_then(|_| bench(&args[1..])),
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test [cargo test args]>");
+            eprintln!("usage: cargo xtask <setup|demo|test [cargo test args]|bench [--runs N] [--partition-secs S]>");
             return ExitCode::from(2);
         }
     };
@@ -115,6 +117,13 @@ fn cargo() -> Command {
 fn demo() -> Result<(), String> {
     run(cargo().args(["build", "--quiet", "-p", "natron-agent", "-p", "natron-lab"]))?;
     run(Command::new(root().join("target/debug/natron-lab")).arg("demo"))
+}
+
+fn bench(extra: &[String]) -> Result<(), String> {
+    run(cargo().args(["build", "--quiet", "-p", "natron-agent", "-p", "natron-lab"]))?;
+    run(Command::new(root().join("target/debug/natron-lab"))
+        .arg("bench")
+        .args(extra))
 }
 
 fn test(extra: &[String]) -> Result<(), String> {

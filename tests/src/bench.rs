@@ -1,0 +1,182 @@
+//! `natron-lab bench`: the failover figures of issue 3, measured in the lab.
+//! Each failure runs in a fresh two-AZ lab; the outage is what AZ a's 50 ms
+//! prober sees. Prints a markdown report for BENCHMARKS.md.
+
+use std::time::{Duration, Instant};
+
+use natron_lab::prober::PERIOD;
+use natron_lab::scenario::TwoAzs;
+use nix::sys::signal::Signal;
+
+const HOLD_DOWN: Duration = Duration::from_secs(3);
+
+struct Series {
+    name: &'static str,
+    unit: &'static str,
+    goal: &'static str,
+    values: Vec<f64>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Unplanned failure: kill or egress break, time to first answer via NAT-B;
+/// for the egress case also the failback once egress returns.
+fn unplanned(kill: bool) -> Result<(f64, Option<(f64, f64)>), String> {
+    let s = TwoAzs::start(HOLD_DOWN)?;
+    let t0 = Instant::now();
+    if kill {
+        s.lab.kill_nat(0).map_err(|e| e.to_string())?;
+    } else {
+        s.lab.break_egress(0).map_err(|e| e.to_string())?;
+    }
+    let outage = s.served_via(0, 1, t0, Duration::from_secs(20))?;
+    if kill {
+        return Ok((secs(outage), None));
+    }
+    let t1 = Instant::now();
+    s.lab.restore_egress(0).map_err(|e| e.to_string())?;
+    s.owner_is(0, 0, HOLD_DOWN + Duration::from_secs(20))?;
+    let moved = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let lost = s.probes[0].lost_between(t1, moved + Duration::from_millis(300));
+    let longest = s.probes[0].longest_loss(t1, moved + Duration::from_millis(300));
+    Ok((
+        secs(outage),
+        Some((lost as f64 * PERIOD.as_secs_f64(), secs(longest))),
+    ))
+}
+
+/// Planned handoff: probe time lost around SIGTERM.
+fn planned() -> Result<f64, String> {
+    let s = TwoAzs::start(Duration::from_secs(30))?;
+    let t0 = Instant::now();
+    s.lab.signal_agent(s.agents[0], Signal::SIGTERM);
+    s.lab
+        .wait_agent_exit(s.agents[0], Duration::from_secs(15))
+        .ok_or("agent did not exit")?;
+    s.owner_is(0, 1, Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let lost = s.probes[0].lost_between(t0, Instant::now() - Duration::from_millis(1100));
+    Ok(lost as f64 * PERIOD.as_secs_f64())
+}
+
+/// Route table owner changes during a partition of `secs`.
+fn partition(secs: u64) -> Result<(usize, f64), String> {
+    let s = TwoAzs::start(Duration::from_secs(30))?;
+    let t0 = Instant::now();
+    s.lab.partition(0, 1).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(secs));
+    let flaps = s.changes_since(0, t0) + s.changes_since(1, t0);
+    let loss = (0..2)
+        .map(|az| secs_f(s.probes[az].longest_loss(t0, Instant::now())))
+        .fold(0.0, f64::max);
+    Ok((flaps, loss))
+}
+
+fn secs_f(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Median round trip of the emulator's ReplaceRoute, from the lab.
+fn api_latency() -> Result<f64, String> {
+    let s = TwoAzs::start(Duration::from_secs(30))?;
+    let table = s.lab.private_tables[1].clone();
+    let eni = s.lab.nats[1].interface_id.clone();
+    let mut samples: Vec<f64> = s.lab.ec2(|ec2| async move {
+        let mut out = Vec::new();
+        for _ in 0..30 {
+            let t = Instant::now();
+            let r = ec2
+                .replace_route()
+                .route_table_id(&table)
+                .destination_cidr_block("0.0.0.0/0")
+                .network_interface_id(&eni)
+                .send()
+                .await;
+            if r.is_ok() {
+                out.push(t.elapsed().as_secs_f64());
+            }
+        }
+        out
+    });
+    samples.sort_by(f64::total_cmp);
+    Ok(percentile(&samples, 50.0))
+}
+
+pub fn run(runs: usize, partition_secs: u64) -> anyhow::Result<()> {
+    let mut kill = Series {
+        name: "NAT dead (killed, links down)",
+        unit: "s",
+        goal: "p50 <= 2 s, p99 <= 3 s",
+        values: vec![],
+    };
+    let mut egress = Series {
+        name: "NAT egress broken",
+        unit: "s",
+        goal: "p50 <= 2 s",
+        values: vec![],
+    };
+    let mut handoff = Series {
+        name: "planned handoff (SIGTERM), probe time lost",
+        unit: "s",
+        goal: "<= 0.2 s",
+        values: vec![],
+    };
+    let mut failback = Series {
+        name: "failback after hold-down, probe time lost",
+        unit: "s",
+        goal: "(no goal; should be ~0)",
+        values: vec![],
+    };
+    let started = Instant::now();
+    for i in 0..runs {
+        eprintln!("run {}/{runs}", i + 1);
+        kill.values
+            .push(unplanned(true).map_err(anyhow::Error::msg)?.0);
+        let (outage, back) = unplanned(false).map_err(anyhow::Error::msg)?;
+        egress.values.push(outage);
+        if let Some((lost, _)) = back {
+            failback.values.push(lost);
+        }
+        handoff.values.push(planned().map_err(anyhow::Error::msg)?);
+    }
+    eprintln!("partition run ({partition_secs} s)");
+    let (flaps, partition_loss) = partition(partition_secs).map_err(anyhow::Error::msg)?;
+    let latency = api_latency().map_err(anyhow::Error::msg)?;
+
+    println!("| failure | runs | p50 | p99 | max | goal |");
+    println!("|---|---|---|---|---|---|");
+    for s in [&kill, &egress, &handoff, &failback] {
+        let mut v = s.values.clone();
+        v.sort_by(f64::total_cmp);
+        println!(
+            "| {} | {} | {:.2} {u} | {:.2} {u} | {:.2} {u} | {} |",
+            s.name,
+            v.len(),
+            percentile(&v, 50.0),
+            percentile(&v, 99.0),
+            v.last().copied().unwrap_or(f64::NAN),
+            s.goal,
+            u = s.unit
+        );
+    }
+    println!("| partition of NAT-A and NAT-B for {partition_secs} s: route table owner changes | 1 | {flaps} | | | 0 |");
+    println!();
+    println!("Longest client loss during the partition: {partition_loss:.2} s.");
+    println!(
+        "Emulator ReplaceRoute round trip, median of 30: {:.1} ms.",
+        latency * 1000.0
+    );
+    println!("Bench wall time: {:.0} s.", started.elapsed().as_secs_f64());
+    Ok(())
+}
