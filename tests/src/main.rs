@@ -148,6 +148,8 @@ fn demo() -> anyhow::Result<()> {
     );
     println!("    routes owned: {}", status["routes"]["owned"]);
     println!("    warnings: {}", status["warnings"]);
+    // The agent reads its kernel counters once per reconcile pass (1 s here).
+    std::thread::sleep(Duration::from_millis(1200));
     let (_, metrics) = lab
         .agent_get(0, "/metrics")
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -212,3 +212,35 @@ fn both_down_changes_nothing_and_the_first_back_takes_all() {
         assert!(outage < Duration::from_secs(10), "AZ {az}: {outage:?}");
     }
 }
+
+#[test]
+fn sigterm_without_a_ready_peer_keeps_the_routes() {
+    use natron_lab::lab::{Lab, LabSpec};
+    let lab = Lab::start(LabSpec::with_azs(1)).unwrap();
+    let agent = lab
+        .start_agent(0, &lab.failover_config(Duration::from_secs(30)), &[])
+        .unwrap();
+    let (table, me) = (
+        lab.private_tables[0].clone(),
+        lab.nats[0].instance_id.clone(),
+    );
+    lab.wait_for("claimed", Duration::from_secs(30), || {
+        (lab.table_owner(&table).as_deref() == Some(me.as_str())).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(agent)));
+    let t0 = Instant::now();
+    lab.signal_agent(agent, Signal::SIGTERM);
+    let code = lab
+        .wait_agent_exit(agent, Duration::from_secs(15))
+        .expect("agent exits");
+    assert_eq!(code, Some(0), "{}", lab.agent_log(agent));
+    let log = lab.agent_log(agent);
+    assert!(log.contains("no ready peer"), "{log}");
+    // Nothing moved, and the data plane keeps forwarding without the agent.
+    assert_eq!(lab.table_owner(&table).as_deref(), Some(me.as_str()));
+    assert!(lab.route_changes(&table).iter().all(|(t, _)| *t < t0));
+    lab.wait_for("client still served", Duration::from_secs(5), || {
+        lab.client_get(0, "/whoami").ok()
+    })
+    .unwrap();
+}
