@@ -1,5 +1,6 @@
-//! The control loop: boot (identity, settings), then reconcile the data
-//! plane and the routes on a fixed tick until asked to stop.
+//! The agent's life: boot (identity, settings), start the egress prober
+//! and the route coordinator, reconcile the data plane on a fixed tick
+//! until asked to stop, then hand the route tables over.
 //!
 //! Order matters and is the invariant of this module: the coordinator
 //! (route ownership) only ever points a table at this instance while

@@ -475,7 +475,6 @@ impl Coordinator {
             s.routes.owned = owned;
             s.failover.peers = peers;
             s.failover.tables = tables;
-            s.problems.remove(crate::state::area::ROUTES);
             s.warnings.retain(|w| !w.starts_with("routes:"));
         });
     }
@@ -602,28 +601,25 @@ mod tests {
         let ec2 = Arc::new(FakeEc2::default());
         ec2.instances.lock().unwrap().push(instance("i-a", "az-a"));
         ec2.tables.lock().unwrap().insert("rtb-a".into(), None);
-        let shared = Arc::new(Shared::new());
-        let c = coordinator(ec2.clone(), shared.clone());
-        // The fake has no az tags: give the table one through the state.
-        assert_eq!(c.pass(false).await.unwrap(), 0, "not ready: no claim");
-        ready(&shared);
-        c.state.lock().await.tables_at = None;
-        // FakeEc2 route tables carry no natron:az tag; patch it in after reading.
-        {
-            let mut st = c.state.lock().await;
-            c.read_tables(&mut st).await.unwrap();
-            st.tables[0].az = Some("az-a".into());
-            st.tables_at = Some(Instant::now());
-        }
-        assert_eq!(c.pass(false).await.unwrap(), 1);
-        assert!(ec2
-            .calls
+        ec2.table_az
             .lock()
             .unwrap()
-            .iter()
-            .any(|c| c == "CreateRoute rtb-a eni-i-a"));
+            .insert("rtb-a".into(), "az-a".into());
+        let shared = Arc::new(Shared::new());
+        let c = coordinator(ec2.clone(), shared.clone());
+        assert_eq!(c.pass(false).await.unwrap(), 0, "not ready: no claim");
+        ready(&shared);
+        assert_eq!(c.pass(false).await.unwrap(), 1);
+        let calls = ec2.calls.lock().unwrap().clone();
+        assert!(
+            calls.iter().any(|c| c == "CreateRoute rtb-a eni-i-a"),
+            "{calls:?}"
+        );
         let status = shared.snapshot();
         assert_eq!(status.failover.events.len(), 1);
         assert_eq!(status.failover.events[0].kind, Kind::Claim);
+        assert_eq!(status.routes.owned, vec!["rtb-a".to_string()]);
+        // Nothing more to do on the next pass.
+        assert_eq!(c.pass(false).await.unwrap(), 0);
     }
 }

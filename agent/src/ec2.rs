@@ -495,6 +495,8 @@ pub mod fake {
         pub source_dest_check: Mutex<BTreeMap<String, bool>>,
         pub tables: Mutex<BTreeMap<String, Option<RouteTarget>>>,
         pub instances: Mutex<Vec<GroupInstance>>,
+        /// `natron:az` tag per table id.
+        pub table_az: Mutex<BTreeMap<String, String>>,
         pub fail_next: Mutex<Vec<Ec2Error>>,
         pub calls: Mutex<Vec<String>>,
     }
@@ -551,7 +553,7 @@ pub mod fake {
                 .iter()
                 .map(|(id, t)| RouteTable {
                     id: id.clone(),
-                    az: None,
+                    az: self.table_az.lock().unwrap().get(id).cloned(),
                     default_route: t.clone(),
                 })
                 .collect())
@@ -560,7 +562,7 @@ pub mod fake {
             self.call(format!("DescribeRouteTables {table_id}"))?;
             Ok(RouteTable {
                 id: table_id.into(),
-                az: None,
+                az: self.table_az.lock().unwrap().get(table_id).cloned(),
                 default_route: self.tables.lock().unwrap().get(table_id).cloned().flatten(),
             })
         }

@@ -27,7 +27,6 @@ pub mod area {
     pub const RULESET: &str = "ruleset";
     pub const SOURCE_DEST_CHECK: &str = "source_dest_check";
     pub const EGRESS: &str = "egress";
-    pub const ROUTES: &str = "routes";
     pub const DRAINING: &str = "draining";
 }
 
