@@ -145,6 +145,34 @@ pub fn normalize(objects: &[Value]) -> Vec<Value> {
     out
 }
 
+/// The table's structure: each object's kind and name, and for rules their
+/// chain and comment, in order.
+fn skeleton(objects: &[Value]) -> Vec<(String, String)> {
+    objects
+        .iter()
+        .filter_map(|o| {
+            let (kind, body) = o.as_object()?.iter().next()?;
+            let name = match kind.as_str() {
+                "rule" => format!(
+                    "{}/{}",
+                    body.get("chain")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    body.get("comment")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                ),
+                _ => body
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            Some((kind.clone(), name))
+        })
+        .collect()
+}
+
 /// Packet and byte counts per rule, keyed by the rule's comment.
 pub fn rule_counters(objects: &[Value]) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
@@ -221,7 +249,11 @@ impl Reconciler {
         let have = normalize(&after);
         self.canonical_mismatch = have != want;
         self.counters = rule_counters(&after);
-        self.reference = Some((want, have));
+        // The post-write listing may stand for "unchanged" only when it has
+        // the desired structure: a difference of notation is acceptable, a
+        // missing or extra rule (someone edited the table between our write
+        // and our read) is not, and is repaired on the next pass.
+        self.reference = (skeleton(&have) == skeleton(&want)).then_some((want, have));
         Ok(Pass::Applied(reason))
     }
 }
@@ -237,6 +269,8 @@ pub mod fake {
     pub struct FakeNft {
         pub table: Mutex<Option<Vec<Value>>>,
         pub applies: Mutex<usize>,
+        /// Rules someone removes right after the next apply (a race).
+        pub tamper_after_apply: Mutex<usize>,
     }
 
     #[async_trait]
@@ -253,6 +287,9 @@ pub mod fake {
                 .skip(2)
                 .map(|c| c["add"].clone())
                 .collect();
+            let mut adds = adds;
+            let tamper = std::mem::take(&mut *self.tamper_after_apply.lock().unwrap());
+            adds.truncate(adds.len() - tamper);
             *self.table.lock().unwrap() = Some(adds);
             *self.applies.lock().unwrap() += 1;
             Ok(())
@@ -321,6 +358,38 @@ mod tests {
             Pass::Applied("table differs from the desired ruleset")
         );
         assert_eq!(*nft.applies.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_edit_racing_our_write_is_not_taken_as_the_reference() {
+        let nft = FakeNft::default();
+        *nft.tamper_after_apply.lock().unwrap() = 1;
+        let mut r = Reconciler::default();
+        r.reconcile(&nft, &desired()).await.unwrap();
+        // The listing right after the write lacked a rule: repaired next pass.
+        assert!(matches!(
+            r.reconcile(&nft, &desired()).await.unwrap(),
+            Pass::Applied(_)
+        ));
+        assert_eq!(r.reconcile(&nft, &desired()).await.unwrap(), Pass::InPlace);
+        assert_eq!(*nft.applies.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn structure_ignores_notation_but_not_missing_rules() {
+        let want = normalize(serde_json::to_value(desired()).unwrap().as_array().unwrap());
+        let mut notation = want.clone();
+        let rule = notation
+            .iter_mut()
+            .find(|o| o.get("rule").is_some())
+            .unwrap();
+        rule["rule"]["expr"][0] =
+            serde_json::json!({"match": {"op": "==", "left": "x", "right": "y"}});
+        assert_ne!(notation, want);
+        assert_eq!(skeleton(&notation), skeleton(&want));
+        let mut missing = want.clone();
+        missing.pop();
+        assert_ne!(skeleton(&missing), skeleton(&want));
     }
 
     #[test]
