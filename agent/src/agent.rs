@@ -259,7 +259,7 @@ impl Agent {
                     if *installed {
                         warn!(reason, "table ip natron drifted; replaced it");
                         self.shared.metrics.drift_repairs.inc();
-                        let when = format!("{} ({reason})", unix_now());
+                        let when = format!("unix_ms:{} ({reason})", coordinator::unix_ms());
                         self.shared.update(|s| {
                             s.dataplane.drift_repairs += 1;
                             s.dataplane.last_repair = Some(when);
@@ -430,12 +430,4 @@ async fn run_prober(config: Config, shared: Arc<Shared>) {
             }
         });
     }
-}
-
-fn unix_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("unix:{secs}")
 }

@@ -364,7 +364,6 @@ impl Coordinator {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         let now = unix_ms();
-        self.shared.metrics.route_claims.inc();
         self.shared
             .metrics
             .route_moves
@@ -389,22 +388,11 @@ impl Coordinator {
     }
 
     fn publish(&self, st: &LoopState, health: &BTreeMap<String, Health>) {
-        let me_ifaces: Vec<String> = st
-            .instances
-            .iter()
-            .find(|i| i.instance_id == self.me)
-            .map(|i| i.interface_ids.clone())
-            .unwrap_or_default();
         let owner_id = |t: &RouteTable| -> Option<String> {
             let r = t.default_route.as_ref()?;
             st.instances
                 .iter()
-                .find(|i| {
-                    r.instance_id.as_deref() == Some(i.instance_id.as_str())
-                        || r.interface_id
-                            .as_ref()
-                            .is_some_and(|e| i.interface_ids.contains(e))
-                })
+                .find(|i| i.is_target_of(r))
                 .map(|i| i.instance_id.clone())
         };
         let tables: Vec<TableStatus> = st
@@ -437,14 +425,7 @@ impl Coordinator {
         let owned: Vec<String> = st
             .tables
             .iter()
-            .filter(|t| {
-                t.default_route.as_ref().is_some_and(|r| {
-                    r.instance_id.as_deref() == Some(self.me.as_str())
-                        || r.interface_id
-                            .as_ref()
-                            .is_some_and(|e| me_ifaces.contains(e))
-                })
-            })
+            .filter(|t| owner_id(t).as_deref() == Some(self.me.as_str()))
             .map(|t| t.id.clone())
             .collect();
         let peers: Vec<PeerStatus> = st

@@ -76,6 +76,18 @@ pub struct GroupInstance {
     pub heartbeat_ms: Option<u64>,
 }
 
+impl GroupInstance {
+    /// Whether a route with this target points at this instance (by its
+    /// instance id or one of its ENIs: the emulator reports only one).
+    pub fn is_target_of(&self, target: &RouteTarget) -> bool {
+        target.instance_id.as_deref() == Some(self.instance_id.as_str())
+            || target
+                .interface_id
+                .as_ref()
+                .is_some_and(|e| self.interface_ids.contains(e))
+    }
+}
+
 #[async_trait]
 pub trait Ec2: Send + Sync {
     /// The instance's SourceDestCheck attribute.

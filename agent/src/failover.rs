@@ -153,12 +153,7 @@ impl View<'_> {
         let Some(t) = target else {
             return Owner::Nothing;
         };
-        let nat = self.instances.iter().find(|i| {
-            t.instance_id.as_deref() == Some(i.instance_id.as_str())
-                || t.interface_id
-                    .as_ref()
-                    .is_some_and(|e| i.interface_ids.contains(e))
-        });
+        let nat = self.instances.iter().find(|i| i.is_target_of(t));
         match nat {
             _ if t.state.as_deref() == Some("blackhole") => Owner::Gone(t.describe()),
             Some(i) => Owner::Nat(i),

@@ -134,7 +134,6 @@ pub struct Metrics {
     pub probe_latency: Family<Labels, Gauge<f64, AtomicU64>>,
     pub probe_results: Family<Labels, Counter>,
     pub routes_owned: Gauge,
-    pub route_claims: Counter,
     pub route_moves: Family<Labels, Counter>,
     pub last_route_move: Gauge<f64, AtomicU64>,
     pub peer_ready: Family<Labels, Gauge>,
@@ -172,7 +171,6 @@ impl Metrics {
             probe_latency: Family::default(),
             probe_results: Family::default(),
             routes_owned: Gauge::default(),
-            route_claims: Counter::default(),
             route_moves: Family::default(),
             last_route_move: Gauge::default(),
             peer_ready: Family::default(),
@@ -236,11 +234,6 @@ impl Metrics {
             "routes_owned",
             "Route tables whose default route targets this instance",
             m.routes_owned.clone(),
-        );
-        registry.register(
-            "route_claims",
-            "CreateRoute/ReplaceRoute calls made",
-            m.route_claims.clone(),
         );
         registry.register(
             "drift_repairs",
