@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{parse_port_range, Config};
 use crate::coordinator::{self, Coordinator};
-use crate::ec2::Ec2;
+use crate::ec2::{Ec2, GroupInstance};
 use crate::identity::{read_identity_with_retries, Identity, Metadata, GROUP_TAG};
 use crate::kernel::{self, Outcome, Sysctl};
 use crate::nft::{Nft, Pass, Reconciler};
@@ -109,7 +109,14 @@ impl Agent {
             Arc::new(Watch::default()),
             self.config.failover.clone(),
             self.config.ec2.route_interval,
-            resolved.identity.instance_id.clone(),
+            GroupInstance {
+                instance_id: resolved.identity.instance_id.clone(),
+                availability_zone: resolved.identity.availability_zone.clone(),
+                private_ip: Some(resolved.identity.local_ipv4),
+                interface_ids: vec![resolved.identity.interface_id.clone()],
+                state: "running".into(),
+                heartbeat_ms: None,
+            },
             resolved.identity.vpc_id.clone(),
             resolved.group.clone(),
         ));
@@ -402,15 +409,16 @@ async fn run_prober(config: Config, shared: Arc<Shared>) {
             by_result.push(("result".into(), if r.ok { "pass" } else { "fail" }.into()));
             shared.metrics.probe_results.get_or_create(&by_result).inc();
         }
+        let why = results
+            .iter()
+            .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.target)))
+            .collect::<Vec<_>>()
+            .join("; ");
         if state.observe(passed >= h.min_passing) {
             if state.healthy {
                 info!(passed, "egress healthy");
             } else {
-                let why: Vec<String> = results
-                    .iter()
-                    .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.target)))
-                    .collect();
-                warn!(passed, "egress failed: {}", why.join("; "));
+                warn!(passed, "egress failed: {why}");
             }
         }
         let healthy = state.healthy;
@@ -419,12 +427,8 @@ async fn run_prober(config: Config, shared: Arc<Shared>) {
             s.egress.probes = results.clone();
             if healthy {
                 s.problems.remove(area::EGRESS);
-            } else if s.egress.probes.iter().any(|p| !p.ok) {
-                let why: Vec<String> = results
-                    .iter()
-                    .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.target)))
-                    .collect();
-                s.problems.insert(area::EGRESS, why.join("; "));
+            } else if !why.is_empty() {
+                s.problems.insert(area::EGRESS, why.clone());
             } else {
                 s.problems.remove(area::EGRESS);
             }

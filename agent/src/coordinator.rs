@@ -70,6 +70,11 @@ pub struct Coordinator {
     pub config: FailoverConfig,
     pub route_interval: Duration,
     pub me: String,
+    /// This NAT as the group sees it, from its own metadata: added to the
+    /// group's instances when DescribeInstances leaves it out (its
+    /// `natron:group` tag missing, or not yet visible after launch), so the
+    /// agent still finds itself as its tables' home.
+    myself: GroupInstance,
     pub vpc_id: String,
     pub group: String,
     pub draining: AtomicBool,
@@ -115,7 +120,7 @@ impl Coordinator {
         watch: Arc<Watch>,
         config: FailoverConfig,
         route_interval: Duration,
-        me: String,
+        myself: GroupInstance,
         vpc_id: String,
         group: String,
     ) -> Coordinator {
@@ -125,7 +130,8 @@ impl Coordinator {
             watch,
             config,
             route_interval,
-            me,
+            me: myself.instance_id.clone(),
+            myself,
             vpc_id,
             group,
             draining: AtomicBool::new(false),
@@ -235,6 +241,9 @@ impl Coordinator {
                 .is_none_or(|t| t.elapsed() >= self.config.peer_refresh)
         {
             st.instances = self.ec2.group_instances(&self.vpc_id, &self.group).await?;
+            if !st.instances.iter().any(|i| i.instance_id == self.me) {
+                st.instances.push(self.myself.clone());
+            }
             st.instances_at = Some(Instant::now());
             let targets = st
                 .instances
@@ -499,7 +508,7 @@ mod tests {
             Arc::new(Watch::default()),
             FailoverConfig::default(),
             Duration::from_secs(10),
-            "i-a".into(),
+            instance("i-a", "az-a"),
             "vpc-1".into(),
             "g".into(),
         )
@@ -602,5 +611,35 @@ mod tests {
         assert_eq!(status.routes.owned, vec!["rtb-a".to_string()]);
         // Nothing more to do on the next pass.
         assert_eq!(c.pass(false).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn claims_its_table_even_when_describe_instances_omits_it() {
+        // The instance lacks the natron:group tag (group set in the config
+        // file instead): DescribeInstances by tag does not return it.
+        let ec2 = Arc::new(FakeEc2::default());
+        ec2.instances.lock().unwrap().push(instance("i-b", "az-b"));
+        ec2.tables.lock().unwrap().insert("rtb-a".into(), None);
+        ec2.table_az
+            .lock()
+            .unwrap()
+            .insert("rtb-a".into(), "az-a".into());
+        let shared = Arc::new(Shared::new());
+        let c = coordinator(ec2.clone(), shared.clone());
+        ready(&shared);
+        assert_eq!(c.pass(false).await.unwrap(), 1);
+        let calls = ec2.calls.lock().unwrap().clone();
+        assert!(
+            calls.iter().any(|c| c == "CreateRoute rtb-a eni-i-a"),
+            "{calls:?}"
+        );
+        let peers: Vec<String> = shared
+            .snapshot()
+            .failover
+            .peers
+            .iter()
+            .map(|p| p.instance_id.clone())
+            .collect();
+        assert_eq!(peers, vec!["i-b".to_string()], "itself is no peer");
     }
 }
