@@ -50,10 +50,105 @@ pub fn start(ns: &str, log: &std::path::Path) -> Result<Child, LabError> {
     )
 }
 
-/// An EC2 client for `endpoint` with test credentials and no SDK retries
-/// (the emulator answers unimplemented calls with 500s).
-pub async fn client(endpoint: &str) -> aws_sdk_ec2::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// moto on the host's 127.0.0.1 at a free port, for tests that need only
+/// the EC2 API (no lab network). Stopped when dropped.
+pub struct Loopback {
+    pub endpoint: String,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Loopback {
+    pub async fn start() -> Result<Loopback, LabError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| LabError::Setup(format!("no free port on 127.0.0.1: {e}")))?
+            .port();
+        let dir = TempDir::new("moto")?;
+        let log = dir.path.join("moto.log");
+        let env = vec![(
+            "MOTO_EC2_LOAD_DEFAULT_AMIS".to_string(),
+            "false".to_string(),
+        )];
+        let child = exec::spawn_on_host(
+            &moto_server_path()?,
+            &[
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
+            &env,
+            &log,
+        )?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let emulator = Loopback {
+            endpoint,
+            child,
+            _dir: dir,
+        };
+        wait_ready(&client(&emulator.endpoint).await, Duration::from_secs(20)).await?;
+        Ok(emulator)
+    }
+
+    /// The environment that points an AWS SDK program at this emulator.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", REGION),
+            ("AWS_MAX_ATTEMPTS", "1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// An SDK configuration for this emulator (test credentials, no retries).
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        sdk_config(&self.endpoint).await
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed when dropped.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(what: &str) -> Result<TempDir, LabError> {
+        let path = std::env::temp_dir().join(format!(
+            "natron-{what}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| LabError::Setup(format!("{}: {e}", path.display())))?;
+        Ok(TempDir { path })
+    }
+}
+
+static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// SDK configuration for `endpoint` with test credentials and no SDK
+/// retries (the emulator answers unimplemented calls with 500s).
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_ec2::config::Credentials::new(
@@ -61,8 +156,13 @@ pub async fn client(endpoint: &str) -> aws_sdk_ec2::Client {
         ))
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
         .load()
-        .await;
-    aws_sdk_ec2::Client::new(&config)
+        .await
+}
+
+/// An EC2 client for `endpoint` with test credentials and no SDK retries
+/// (the emulator answers unimplemented calls with 500s).
+pub async fn client(endpoint: &str) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config(endpoint).await)
 }
 
 /// Waits until the emulator answers an API call.

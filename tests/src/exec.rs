@@ -87,16 +87,35 @@ pub fn spawn_in_ns(
     env: &[(String, String)],
     log: &Path,
 ) -> Result<Child, LabError> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program).args(args);
+    spawn_logged(cmd, env, log)
+        .map_err(|e| LabError::Command(format!("{} in {ns}: {e}", program.display())))
+}
+
+/// Starts a long-running process on the host (it must only listen on
+/// 127.0.0.1), its output appended to `log`.
+pub fn spawn_on_host(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<Child, LabError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    spawn_logged(cmd, env, log)
+        .map_err(|e| LabError::Command(format!("{}: {e}", program.display())))
+}
+
+fn spawn_logged(mut cmd: Command, env: &[(String, String)], log: &Path) -> Result<Child, String> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .map_err(|e| LabError::Command(format!("{}: {e}", log.display())))?;
+        .map_err(|e| format!("{}: {e}", log.display()))?;
     let err = file
         .try_clone()
-        .map_err(|e| LabError::Command(format!("{}: {e}", log.display())))?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(program).args(args);
+        .map_err(|e| format!("{}: {e}", log.display()))?;
     // A clean environment: nothing of the host's AWS settings leaks in.
     cmd.env_clear();
     cmd.env(
@@ -107,8 +126,7 @@ pub fn spawn_in_ns(
         cmd.env(k, v);
     }
     cmd.stdin(Stdio::null()).stdout(file).stderr(err);
-    cmd.spawn()
-        .map_err(|e| LabError::Command(format!("{} in {ns}: cannot start: {e}", program.display())))
+    cmd.spawn().map_err(|e| format!("cannot start: {e}"))
 }
 
 /// Sends `signal` to a process.

@@ -1,0 +1,112 @@
+//! Documents natron writes: the agent's IAM policy, the role's trust
+//! policy and the agent configuration carried in user data. Pure.
+
+use serde_json::{json, Value};
+
+use crate::model::GROUP_TAG;
+
+/// The IAM partition of a region (ARNs differ in China and GovCloud).
+pub fn partition(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
+/// Exactly what the agent calls (see agent/src/ec2.rs). Reads cannot be
+/// scoped by resource in EC2; every write is limited to resources tagged
+/// with the group, and the only tag the agent may write is its heartbeat.
+pub fn agent_policy(group: &str, partition: &str) -> Value {
+    let tagged = json!({ "StringEquals": { format!("ec2:ResourceTag/{GROUP_TAG}"): group } });
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadGroupState",
+                "Effect": "Allow",
+                "Action": ["ec2:DescribeInstances", "ec2:DescribeRouteTables"],
+                "Resource": "*"
+            },
+            {
+                "Sid": "DisableSourceDestCheckOnGroupInstances",
+                "Effect": "Allow",
+                "Action": "ec2:ModifyInstanceAttribute",
+                "Resource": format!("arn:{partition}:ec2:*:*:instance/*"),
+                "Condition": tagged
+            },
+            {
+                "Sid": "WriteHeartbeatTagOnGroupInstances",
+                "Effect": "Allow",
+                "Action": "ec2:CreateTags",
+                "Resource": format!("arn:{partition}:ec2:*:*:instance/*"),
+                "Condition": {
+                    "StringEquals": { format!("ec2:ResourceTag/{GROUP_TAG}"): group },
+                    "ForAllValues:StringEquals": { "aws:TagKeys": ["natron:heartbeat"] }
+                }
+            },
+            {
+                "Sid": "MoveDefaultRoutesOfGroupTables",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateRoute", "ec2:ReplaceRoute"],
+                "Resource": format!("arn:{partition}:ec2:*:*:route-table/*"),
+                "Condition": tagged
+            }
+        ]
+    })
+}
+
+pub fn trust_policy() -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": { "Service": "ec2.amazonaws.com" },
+            "Action": "sts:AssumeRole"
+        }]
+    })
+}
+
+/// The agent's configuration file (docs/agent-config.md), carried as the
+/// instance's user data. Everything else keeps the agent's defaults.
+pub fn agent_config(group: &str) -> String {
+    format!(
+        "# natron-agent configuration, written by `natron apply` for group {group}.\n\
+         # Keys: docs/agent-config.md.\n\
+         group = \"{group}\"\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_config_is_valid_for_the_agent() {
+        let text = agent_config("prod-1");
+        let config = natron_agent::config::Config::parse("user-data", &text).unwrap();
+        assert_eq!(config.group.as_deref(), Some("prod-1"));
+    }
+
+    #[test]
+    fn every_write_is_scoped_to_the_group() {
+        let policy = agent_policy("g", "aws");
+        for statement in policy["Statement"].as_array().unwrap() {
+            let actions = statement["Action"].to_string();
+            if actions.contains("Describe") {
+                continue;
+            }
+            assert_eq!(
+                statement["Condition"]["StringEquals"]["ec2:ResourceTag/natron:group"], "g",
+                "{statement}"
+            );
+            assert!(statement["Resource"]
+                .as_str()
+                .unwrap()
+                .starts_with("arn:aws:ec2:"));
+        }
+        assert_eq!(partition("cn-north-1"), "aws-cn");
+    }
+}

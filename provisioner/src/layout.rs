@@ -1,0 +1,489 @@
+//! What the operator asks for ([`Request`]) checked against the VPC
+//! ([`Inventory`]) into a [`Layout`]: every AZ with its public subnet and
+//! the private subnets it serves. Pure; all input errors are collected so
+//! one run reports them all, before anything changes.
+
+use std::collections::BTreeSet;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::model::{has_tag, Image, Inventory, GROUP_TAG};
+
+pub const DEFAULT_INSTANCE_TYPE: &str = "t4g.nano";
+
+/// A private subnet to serve: an existing one, or a CIDR to create in an AZ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrivateRequest {
+    Existing(String),
+    New { az: String, cidr: Ipv4Net },
+}
+
+impl std::str::FromStr for PrivateRequest {
+    type Err = String;
+
+    /// `subnet-…` or `AZ=CIDR` (for example `us-east-1a=10.0.10.0/24`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("subnet-") {
+            return Ok(PrivateRequest::Existing(s.to_string()));
+        }
+        let (az, cidr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected a subnet id or AZ=CIDR"))?;
+        let cidr: Ipv4Net = cidr
+            .parse()
+            .map_err(|e| format!("{s:?}: {cidr:?} is not an IPv4 CIDR: {e}"))?;
+        if cidr != cidr.trunc() {
+            return Err(format!(
+                "{s:?}: {cidr} has host bits set (did you mean {}?)",
+                cidr.trunc()
+            ));
+        }
+        Ok(PrivateRequest::New {
+            az: az.to_string(),
+            cidr,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub vpc_id: String,
+    pub group: String,
+    /// Empty: every AZ that has a public subnet.
+    pub azs: Vec<String>,
+    pub private: Vec<PrivateRequest>,
+    /// Empty: per AZ, the subnets whose route table has an IGW route.
+    pub public_subnets: Vec<String>,
+    pub instance_type: String,
+    pub elastic_ips: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    pub vpc_id: String,
+    pub group: String,
+    pub image: Image,
+    pub instance_type: String,
+    pub elastic_ips: bool,
+    pub zones: Vec<Zone>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Zone {
+    pub az: String,
+    pub public_subnet: String,
+    pub private: Vec<PrivateSubnet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrivateSubnet {
+    /// None until created.
+    pub id: Option<String>,
+    pub cidr: Ipv4Net,
+}
+
+impl PrivateSubnet {
+    /// The key a subnet created by this run is known by before it has an id.
+    pub fn key(&self) -> String {
+        match &self.id {
+            Some(id) => id.clone(),
+            None => format!("subnet {}", self.cidr),
+        }
+    }
+}
+
+/// Names of the group's resources; one place so plan, destroy and the IAM
+/// policy agree.
+pub struct Names;
+
+impl Names {
+    pub fn security_group(group: &str) -> String {
+        format!("natron-{group}")
+    }
+    pub fn role(group: &str) -> String {
+        format!("natron-{group}-agent")
+    }
+    pub fn instance_profile(group: &str) -> String {
+        format!("natron-{group}-agent")
+    }
+    pub const POLICY: &'static str = "natron-agent";
+    pub fn launch_template(group: &str) -> String {
+        format!("natron-{group}")
+    }
+    pub fn auto_scaling_group(group: &str, az: &str) -> String {
+        format!("natron-{group}-{az}")
+    }
+    pub const HOOK: &'static str = "natron-handoff";
+}
+
+/// Group names become part of IAM, launch template and ASG names.
+pub fn validate_group(group: &str) -> Result<(), String> {
+    let ok = !group.is_empty()
+        && group.len() <= 32
+        && group
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !group.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "group {group:?}: use 1 to 32 characters of a-z, 0-9 and '-', not starting with '-'"
+        ))
+    }
+}
+
+/// Checks the request against the VPC and the chosen image.
+pub fn resolve(
+    req: &Request,
+    inv: &Inventory,
+    image: Image,
+    type_architectures: &[String],
+) -> Result<Layout, Vec<String>> {
+    let mut errors = Vec::new();
+    if let Err(e) = validate_group(&req.group) {
+        errors.push(e);
+    }
+    if type_architectures.is_empty() {
+        errors.push(format!(
+            "instance type {}: unknown in this region",
+            req.instance_type
+        ));
+    } else if let Some(arch) = &image.architecture {
+        if !type_architectures.contains(arch) {
+            errors.push(format!(
+                "image {} ({}) is {arch} but instance type {} runs {}",
+                image.id,
+                image.name,
+                req.instance_type,
+                type_architectures.join(", ")
+            ));
+        }
+    }
+
+    // Public subnet per AZ.
+    let mut public: Vec<(String, String)> = Vec::new();
+    if req.public_subnets.is_empty() {
+        let mut candidates: Vec<_> = inv
+            .subnets
+            .iter()
+            .filter(|s| inv.is_public(&s.id))
+            .collect();
+        candidates.sort_by(|a, b| a.az.cmp(&b.az).then(a.id.cmp(&b.id)));
+        for s in candidates {
+            if !public.iter().any(|(az, _)| *az == s.az) {
+                public.push((s.az.clone(), s.id.clone()));
+            }
+        }
+    } else {
+        for id in &req.public_subnets {
+            match inv.subnet(id) {
+                None => errors.push(format!("public subnet {id}: not found in {}", inv.vpc_id)),
+                Some(s) if !inv.is_public(id) => errors.push(format!(
+                    "public subnet {id} ({}): its route table {} has no 0.0.0.0/0 route to an internet gateway",
+                    s.az,
+                    inv.route_table_of(id).map_or("(none)", |t| t.id.as_str())
+                )),
+                Some(s) if public.iter().any(|(az, _)| *az == s.az) => errors.push(format!(
+                    "public subnet {id}: a second public subnet for {}; give one per AZ",
+                    s.az
+                )),
+                Some(s) => public.push((s.az.clone(), s.id.clone())),
+            }
+        }
+    }
+
+    // AZs.
+    let azs: Vec<String> = if req.azs.is_empty() {
+        public.iter().map(|(az, _)| az.clone()).collect()
+    } else {
+        req.azs.clone()
+    };
+    if azs.is_empty() {
+        errors.push(format!(
+            "{}: no subnet whose route table sends 0.0.0.0/0 to an internet gateway; NAT instances need one per AZ",
+            inv.vpc_id
+        ));
+    }
+    let mut zones: Vec<Zone> = Vec::new();
+    for az in &azs {
+        if !inv.zones.contains(az) {
+            errors.push(format!(
+                "AZ {az}: not an available zone of this region ({})",
+                inv.zones.join(", ")
+            ));
+            continue;
+        }
+        match public.iter().find(|(a, _)| a == az) {
+            Some((_, subnet)) => zones.push(Zone {
+                az: az.clone(),
+                public_subnet: subnet.clone(),
+                private: Vec::new(),
+            }),
+            None => errors.push(format!(
+                "AZ {az}: no public subnet (one whose route table has a 0.0.0.0/0 route to an internet gateway) in {}",
+                inv.vpc_id
+            )),
+        }
+    }
+
+    // Private subnets.
+    let mut new_cidrs: Vec<Ipv4Net> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in &req.private {
+        let (az, subnet) = match p {
+            PrivateRequest::Existing(id) => {
+                if !seen.insert(id.clone()) {
+                    errors.push(format!("private subnet {id}: given twice"));
+                    continue;
+                }
+                let Some(s) = inv.subnet(id) else {
+                    errors.push(format!("private subnet {id}: not found in {}", inv.vpc_id));
+                    continue;
+                };
+                if public.iter().any(|(_, p)| p == id) || inv.is_public(id) {
+                    errors.push(format!(
+                        "private subnet {id}: its route table sends 0.0.0.0/0 to an internet gateway; it is a public subnet"
+                    ));
+                    continue;
+                }
+                (
+                    s.az.clone(),
+                    PrivateSubnet {
+                        id: Some(s.id.clone()),
+                        cidr: s.cidr,
+                    },
+                )
+            }
+            PrivateRequest::New { az, cidr } => {
+                if !inv.vpc_cidrs.iter().any(|v| v.contains(cidr)) {
+                    errors.push(format!(
+                        "private subnet {az}={cidr}: not inside the VPC's CIDRs ({})",
+                        join(&inv.vpc_cidrs)
+                    ));
+                    continue;
+                }
+                if let Some(other) = new_cidrs.iter().find(|o| overlaps(o, cidr)) {
+                    errors.push(format!(
+                        "private subnet {az}={cidr}: overlaps {other}, also requested"
+                    ));
+                    continue;
+                }
+                new_cidrs.push(*cidr);
+                // A subnet this group created on an earlier run is reused.
+                let mine = inv.subnets.iter().find(|s| {
+                    s.cidr == *cidr && s.az == *az && has_tag(&s.tags, GROUP_TAG, &req.group)
+                });
+                if let Some(s) = mine {
+                    (
+                        az.clone(),
+                        PrivateSubnet {
+                            id: Some(s.id.clone()),
+                            cidr: s.cidr,
+                        },
+                    )
+                } else if let Some(s) = inv.subnets.iter().find(|s| overlaps(&s.cidr, cidr)) {
+                    errors.push(format!(
+                        "private subnet {az}={cidr}: overlaps {} ({}, {}); to serve an existing subnet give its id",
+                        s.id, s.cidr, s.az
+                    ));
+                    continue;
+                } else {
+                    (
+                        az.clone(),
+                        PrivateSubnet {
+                            id: None,
+                            cidr: *cidr,
+                        },
+                    )
+                }
+            }
+        };
+        match zones.iter_mut().find(|z| z.az == az) {
+            Some(z) => z.private.push(subnet),
+            None if azs.contains(&az) => {} // already reported above
+            None => errors.push(format!(
+                "private subnet {} in {az}: natron serves each private subnet from a NAT in its own AZ, and {az} is not among the NAT AZs ({})",
+                subnet.key(),
+                azs.join(", ")
+            )),
+        }
+    }
+    if req.private.is_empty() {
+        errors.push(
+            "no private subnets to serve: give --private subnet-… or --private AZ=CIDR".into(),
+        );
+    }
+
+    if errors.is_empty() {
+        Ok(Layout {
+            vpc_id: inv.vpc_id.clone(),
+            group: req.group.clone(),
+            image,
+            instance_type: req.instance_type.clone(),
+            elastic_ips: req.elastic_ips,
+            zones,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn join(nets: &[Ipv4Net]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::{Association, Route, RouteTable, Subnet};
+
+    /// A VPC 10.0.0.0/16 with public subnets in a and b (IGW route through
+    /// rtb-pub) and one private subnet in a on the main table.
+    pub fn vpc() -> Inventory {
+        let subnet = |id: &str, az: &str, cidr: &str| Subnet {
+            id: id.into(),
+            az: az.into(),
+            cidr: cidr.parse().unwrap(),
+            tags: Default::default(),
+        };
+        Inventory {
+            vpc_id: "vpc-1".into(),
+            vpc_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            zones: vec!["az-a".into(), "az-b".into(), "az-c".into()],
+            subnets: vec![
+                subnet("subnet-pa", "az-a", "10.0.0.0/24"),
+                subnet("subnet-pb", "az-b", "10.0.1.0/24"),
+                subnet("subnet-xa", "az-a", "10.0.10.0/24"),
+            ],
+            route_tables: vec![
+                RouteTable {
+                    id: "rtb-main".into(),
+                    main: true,
+                    associations: vec![Association {
+                        id: "rtbassoc-main".into(),
+                        subnet_id: None,
+                    }],
+                    ..Default::default()
+                },
+                RouteTable {
+                    id: "rtb-pub".into(),
+                    associations: ["subnet-pa", "subnet-pb"]
+                        .iter()
+                        .map(|s| Association {
+                            id: format!("rtbassoc-{s}"),
+                            subnet_id: Some(s.to_string()),
+                        })
+                        .collect(),
+                    routes: vec![Route {
+                        destination: "0.0.0.0/0".into(),
+                        gateway_id: Some("igw-1".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ],
+            internet_gateways: vec!["igw-1".into()],
+            ..Default::default()
+        }
+    }
+
+    pub fn image() -> Image {
+        Image {
+            id: "ami-1".into(),
+            name: "natron-1".into(),
+            architecture: Some("arm64".into()),
+        }
+    }
+
+    pub fn request() -> Request {
+        Request {
+            vpc_id: "vpc-1".into(),
+            group: "g".into(),
+            azs: vec![],
+            private: vec![
+                "subnet-xa".parse().unwrap(),
+                "az-b=10.0.11.0/24".parse().unwrap(),
+            ],
+            public_subnets: vec![],
+            instance_type: DEFAULT_INSTANCE_TYPE.into(),
+            elastic_ips: false,
+        }
+    }
+
+    fn resolve_err(req: &Request) -> Vec<String> {
+        resolve(req, &vpc(), image(), &["arm64".into()]).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_pick_every_az_with_a_public_subnet() {
+        let l = resolve(&request(), &vpc(), image(), &["arm64".into()]).unwrap();
+        let azs: Vec<_> = l
+            .zones
+            .iter()
+            .map(|z| (z.az.as_str(), z.public_subnet.as_str(), z.private.len()))
+            .collect();
+        assert_eq!(
+            azs,
+            vec![("az-a", "subnet-pa", 1), ("az-b", "subnet-pb", 1)]
+        );
+        assert_eq!(l.zones[1].private[0].id, None);
+    }
+
+    #[test]
+    fn bad_input_is_reported_naming_the_resource() {
+        let mut req = request();
+        req.azs = vec!["az-a".into(), "az-c".into()];
+        req.private = vec![
+            "subnet-nope".parse().unwrap(),
+            "az-a=10.0.10.128/25".parse().unwrap(),
+            "az-a=10.1.0.0/24".parse().unwrap(),
+            "subnet-pa".parse().unwrap(),
+        ];
+        let errors = resolve_err(&req).join("\n");
+        for needle in [
+            "AZ az-c: no public subnet",
+            "subnet-nope: not found in vpc-1",
+            "10.0.10.128/25: overlaps subnet-xa",
+            "10.1.0.0/24: not inside the VPC's CIDRs (10.0.0.0/16)",
+            "private subnet subnet-pa: its route table sends 0.0.0.0/0 to an internet gateway",
+        ] {
+            assert!(errors.contains(needle), "{needle:?} missing in:\n{errors}");
+        }
+    }
+
+    #[test]
+    fn architecture_mismatch_and_group_names_are_errors() {
+        let mut req = request();
+        req.group = "Bad_Name".into();
+        let errors = resolve(&req, &vpc(), image(), &["x86_64".into()])
+            .unwrap_err()
+            .join("\n");
+        assert!(errors.contains("is arm64 but instance type t4g.nano runs x86_64"));
+        assert!(errors.contains("group \"Bad_Name\""));
+    }
+
+    #[test]
+    fn requests_parse() {
+        assert_eq!(
+            "subnet-1".parse::<PrivateRequest>().unwrap(),
+            PrivateRequest::Existing("subnet-1".into())
+        );
+        assert!("az-a=10.0.0.1/24"
+            .parse::<PrivateRequest>()
+            .unwrap_err()
+            .contains("host bits"));
+        assert!("10.0.0.0/24"
+            .parse::<PrivateRequest>()
+            .unwrap_err()
+            .contains("AZ=CIDR"));
+    }
+}

@@ -1,0 +1,191 @@
+//! `natron status`: per AZ, the group's NAT instances, their state and
+//! addresses, and the route tables each serves (as their home, or taken
+//! over from another AZ). Pure.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::layout::Names;
+use crate::model::{has_tag, Inventory, AZ_TAG, GROUP_TAG, SUBNET_TAG};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub vpc_id: String,
+    pub group: String,
+    pub zones: Vec<ZoneStatus>,
+    /// The group's tables whose default route is on no running NAT of the
+    /// group.
+    pub unserved: Vec<TableRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ZoneStatus {
+    pub az: String,
+    pub auto_scaling_group: Option<String>,
+    pub nats: Vec<NatStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NatStatus {
+    pub instance_id: String,
+    pub state: String,
+    pub private_ip: Option<Ipv4Addr>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub elastic_ip: Option<Ipv4Addr>,
+    pub source_dest_check: Option<bool>,
+    pub tables: Vec<TableRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableRow {
+    pub id: String,
+    pub az: Option<String>,
+    pub subnet: Option<String>,
+    /// "home", "taken_over" or "unserved".
+    pub role: &'static str,
+    pub target: String,
+}
+
+pub fn status(inv: &Inventory, group: &str) -> Status {
+    let tables: Vec<_> = inv.group_route_tables(group).collect();
+    let mut azs: BTreeSet<String> = inv.instances.iter().map(|i| i.az.clone()).collect();
+    azs.extend(
+        tables
+            .iter()
+            .filter_map(|t| t.tag(AZ_TAG).map(str::to_string)),
+    );
+    azs.extend(
+        inv.auto_scaling_groups
+            .iter()
+            .filter_map(|g| g.tags.get(AZ_TAG).cloned()),
+    );
+    let mut served = BTreeSet::new();
+    let zones = azs
+        .into_iter()
+        .map(|az| {
+            let asg_name = Names::auto_scaling_group(group, &az);
+            let nats = inv
+                .instances
+                .iter()
+                .filter(|i| i.az == az)
+                .map(|i| {
+                    let rows: Vec<TableRow> = tables
+                        .iter()
+                        .filter(|t| {
+                            i.is_running() && t.default_route().is_some_and(|r| i.is_target_of(r))
+                        })
+                        .map(|t| {
+                            served.insert(t.id.clone());
+                            TableRow {
+                                id: t.id.clone(),
+                                az: t.tag(AZ_TAG).map(str::to_string),
+                                subnet: t.tag(SUBNET_TAG).map(str::to_string),
+                                role: if t.tag(AZ_TAG) == Some(az.as_str()) {
+                                    "home"
+                                } else {
+                                    "taken_over"
+                                },
+                                target: i.id.clone(),
+                            }
+                        })
+                        .collect();
+                    NatStatus {
+                        instance_id: i.id.clone(),
+                        state: i.state.clone(),
+                        private_ip: i.private_ip,
+                        public_ip: i.public_ip,
+                        elastic_ip: inv
+                            .addresses
+                            .iter()
+                            .find(|a| a.instance_id.as_deref() == Some(i.id.as_str()))
+                            .and_then(|a| a.public_ip),
+                        source_dest_check: i.source_dest_check,
+                        tables: rows,
+                    }
+                })
+                .collect();
+            ZoneStatus {
+                auto_scaling_group: inv
+                    .auto_scaling_groups
+                    .iter()
+                    .find(|g| g.name == asg_name && has_tag(&g.tags, GROUP_TAG, group))
+                    .map(|g| g.name.clone()),
+                az,
+                nats,
+            }
+        })
+        .collect();
+    let unserved = tables
+        .iter()
+        .filter(|t| !served.contains(&t.id))
+        .map(|t| TableRow {
+            id: t.id.clone(),
+            az: t.tag(AZ_TAG).map(str::to_string),
+            subnet: t.tag(SUBNET_TAG).map(str::to_string),
+            role: "unserved",
+            target: t.default_route().map_or("none".into(), |r| r.target()),
+        })
+        .collect();
+    Status {
+        vpc_id: inv.vpc_id.clone(),
+        group: group.to_string(),
+        zones,
+        unserved,
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "group {} in {}", self.group, self.vpc_id)?;
+        for z in &self.zones {
+            writeln!(
+                f,
+                "{}  (auto scaling group: {})",
+                z.az,
+                z.auto_scaling_group.as_deref().unwrap_or("none")
+            )?;
+            if z.nats.is_empty() {
+                writeln!(f, "  no NAT instance")?;
+            }
+            for n in &z.nats {
+                let ip = |a: Option<Ipv4Addr>| a.map_or("-".to_string(), |a| a.to_string());
+                writeln!(
+                    f,
+                    "  {} {}  private {}  public {}  elastic {}  source/dest check {}",
+                    n.instance_id,
+                    n.state,
+                    ip(n.private_ip),
+                    ip(n.public_ip),
+                    ip(n.elastic_ip),
+                    match n.source_dest_check {
+                        Some(false) => "off",
+                        Some(true) => "ON",
+                        None => "?",
+                    }
+                )?;
+                for t in &n.tables {
+                    writeln!(
+                        f,
+                        "    serves {} ({}, {})",
+                        t.id,
+                        t.subnet.as_deref().unwrap_or("?"),
+                        t.role
+                    )?;
+                }
+            }
+        }
+        for t in &self.unserved {
+            writeln!(
+                f,
+                "UNSERVED {} ({}, {}): 0.0.0.0/0 → {}",
+                t.id,
+                t.subnet.as_deref().unwrap_or("?"),
+                t.az.as_deref().unwrap_or("?"),
+                t.target
+            )?;
+        }
+        Ok(())
+    }
+}

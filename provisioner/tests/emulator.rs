@@ -1,0 +1,884 @@
+//! The `natron` CLI against the EC2 emulator (moto on 127.0.0.1): apply,
+//! plan, status, check (and each breakage it must find), destroy, bad
+//! input, and an interrupted apply. The NAT agents' part (claiming routes,
+//! disabling the source/dest check) is played by a task of the test.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use natron::apply::Runner;
+use natron::cloud::{Aws, Cloud};
+use natron_lab::emulator::Loopback;
+
+const AZ_A: &str = "us-east-1a";
+const AZ_B: &str = "us-east-1b";
+
+struct Vpc {
+    id: String,
+    igw: String,
+    public_rt: String,
+    /// A private subnet in use, with its own (untagged) route table.
+    old_subnet: String,
+    old_rt: String,
+    decoy_sg: String,
+    decoy_subnet: String,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+async fn natron(emu: &Loopback, args: &[&str]) -> Out {
+    let home = std::env::temp_dir().join(format!("natron-home-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_natron"))
+        .args(args)
+        .env_clear()
+        .env("HOME", &home)
+        .envs(emu.env())
+        .output()
+        .await
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+/// A VPC as a user has it before natron: public subnets in two AZs behind
+/// an internet gateway, a private subnet in use with its own route table,
+/// and unrelated resources that must survive everything.
+async fn vpc(ec2: &aws_sdk_ec2::Client) -> Vpc {
+    let id = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let igw = ec2
+        .create_internet_gateway()
+        .send()
+        .await
+        .unwrap()
+        .internet_gateway()
+        .unwrap()
+        .internet_gateway_id()
+        .unwrap()
+        .to_string();
+    ec2.attach_internet_gateway()
+        .internet_gateway_id(&igw)
+        .vpc_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let subnet = |az: &'static str, cidr: &'static str| {
+        let id = id.clone();
+        async move {
+            ec2.create_subnet()
+                .vpc_id(id)
+                .availability_zone(az)
+                .cidr_block(cidr)
+                .send()
+                .await
+                .unwrap()
+                .subnet()
+                .unwrap()
+                .subnet_id()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let table = || async {
+        ec2.create_route_table()
+            .vpc_id(&id)
+            .send()
+            .await
+            .unwrap()
+            .route_table()
+            .unwrap()
+            .route_table_id()
+            .unwrap()
+            .to_string()
+    };
+    let public_rt = table().await;
+    ec2.create_route()
+        .route_table_id(&public_rt)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&igw)
+        .send()
+        .await
+        .unwrap();
+    for (az, cidr) in [(AZ_A, "10.0.0.0/24"), (AZ_B, "10.0.1.0/24")] {
+        let s = subnet(az, cidr).await;
+        // AWS gives the NATs a public address through the launch
+        // template; the emulator only through the subnet's setting.
+        ec2.modify_subnet_attribute()
+            .subnet_id(&s)
+            .map_public_ip_on_launch(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        ec2.associate_route_table()
+            .route_table_id(&public_rt)
+            .subnet_id(&s)
+            .send()
+            .await
+            .unwrap();
+    }
+    let old_subnet = subnet(AZ_A, "10.0.10.0/24").await;
+    let old_rt = table().await;
+    ec2.associate_route_table()
+        .route_table_id(&old_rt)
+        .subnet_id(&old_subnet)
+        .send()
+        .await
+        .unwrap();
+    let decoy_subnet = subnet(AZ_B, "10.0.20.0/24").await;
+    let decoy_sg = ec2
+        .create_security_group()
+        .group_name("natron-decoy")
+        .description("not natron's")
+        .vpc_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    ec2.register_image()
+        .name("natron-test-1")
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::Arm64)
+        .root_device_name("/dev/xvda")
+        .send()
+        .await
+        .unwrap();
+    Vpc {
+        id,
+        igw,
+        public_rt,
+        old_subnet,
+        old_rt,
+        decoy_sg,
+        decoy_subnet,
+    }
+}
+
+/// Plays the agents: each group route table without a default route gets
+/// one to the running NAT of its AZ, whose source/dest check goes off.
+fn fake_agents(ec2: aws_sdk_ec2::Client, group: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let tables = ec2
+                .describe_route_tables()
+                .filters(filter("tag:natron:group", group))
+                .send()
+                .await
+                .unwrap();
+            for t in tables.route_tables() {
+                let has_default = t
+                    .routes()
+                    .iter()
+                    .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0"));
+                let az = t
+                    .tags()
+                    .iter()
+                    .find(|x| x.key() == Some("natron:az"))
+                    .and_then(|x| x.value());
+                let (false, Some(az)) = (has_default, az) else {
+                    continue;
+                };
+                let nat = ec2
+                    .describe_instances()
+                    .filters(filter("tag:natron:group", group))
+                    .filters(filter("tag:natron:az", az))
+                    .filters(filter("instance-state-name", "running"))
+                    .send()
+                    .await
+                    .unwrap();
+                let Some(nat) = nat
+                    .reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .find_map(|i| i.instance_id())
+                else {
+                    continue;
+                };
+                ec2.modify_instance_attribute()
+                    .instance_id(nat)
+                    .source_dest_check(
+                        aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                            .value(false)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                ec2.create_route()
+                    .route_table_id(t.route_table_id().unwrap())
+                    .destination_cidr_block("0.0.0.0/0")
+                    .instance_id(nat)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Ids of everything in the account tagged natron:group=`group` that
+/// still exists (terminated instances excluded), by kind.
+async fn tagged(emu: &Loopback, vpc: &str, group: &str) -> Vec<String> {
+    let cloud = Aws::new(&emu.sdk_config().await);
+    let inv = cloud.inventory(vpc, group).await.unwrap();
+    natron::plan::destroy(&inv, group)
+        .actions
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// A summary of the VPC that bad input must leave exactly as it was.
+async fn snapshot(ec2: &aws_sdk_ec2::Client, emu: &Loopback) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for s in ec2.describe_subnets().send().await.unwrap().subnets() {
+        out.insert(format!("subnet {}", s.subnet_id().unwrap()));
+    }
+    for t in ec2
+        .describe_route_tables()
+        .send()
+        .await
+        .unwrap()
+        .route_tables()
+    {
+        out.insert(format!(
+            "{:?}",
+            t.associations()
+                .iter()
+                .map(|a| a.subnet_id())
+                .collect::<Vec<_>>()
+        ));
+        out.insert(format!(
+            "rtb {} {:?}",
+            t.route_table_id().unwrap(),
+            t.routes().len()
+        ));
+    }
+    for g in ec2
+        .describe_security_groups()
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+    {
+        out.insert(format!(
+            "sg {} {}",
+            g.group_id().unwrap(),
+            g.ip_permissions().len()
+        ));
+    }
+    for t in ec2
+        .describe_launch_templates()
+        .send()
+        .await
+        .unwrap()
+        .launch_templates()
+    {
+        out.insert(format!("lt {}", t.launch_template_id().unwrap()));
+    }
+    let iam = aws_sdk_iam::Client::new(&emu.sdk_config().await);
+    for r in iam.list_roles().send().await.unwrap().roles() {
+        out.insert(format!("role {}", r.role_name()));
+    }
+    let asg = aws_sdk_autoscaling::Client::new(&emu.sdk_config().await);
+    for g in asg
+        .describe_auto_scaling_groups()
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_groups()
+    {
+        out.insert(format!("asg {}", g.auto_scaling_group_name().unwrap()));
+    }
+    out.into_iter().collect()
+}
+
+/// The group's route table made for `subnet`.
+async fn table_for(ec2: &aws_sdk_ec2::Client, subnet: &str) -> aws_sdk_ec2::types::RouteTable {
+    ec2.describe_route_tables()
+        .filters(filter("tag:natron:subnet", subnet))
+        .send()
+        .await
+        .unwrap()
+        .route_tables()[0]
+        .clone()
+}
+
+fn instance_of(table: &aws_sdk_ec2::types::RouteTable) -> String {
+    table
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .and_then(|r| r.instance_id())
+        .unwrap()
+        .to_string()
+}
+
+async fn expect_check(emu: &Loopback, v: &Vpc, code: i32, needle: &str) {
+    let out = natron(emu, &["check", "--vpc", &v.id, "--group", "g1"]).await;
+    assert_eq!(out.code, code, "check after a breakage ({needle}):\n{out}");
+    assert!(out.stdout.contains(needle), "{needle:?} missing:\n{out}");
+    assert!(out.stdout.contains("fix: "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_check_break_destroy() {
+    let emu = Loopback::start().await.unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&emu.sdk_config().await);
+    let v = vpc(&ec2).await;
+    let new_private = format!("{AZ_B}=10.0.11.0/24");
+    let apply_args = [
+        "apply",
+        "--vpc",
+        &v.id,
+        "--group",
+        "g1",
+        "--private",
+        &v.old_subnet,
+        "--private",
+        &new_private,
+        "--elastic-ip",
+        "--wait-timeout",
+        "60s",
+    ];
+
+    // Apply, with the agents' part played alongside.
+    let agents = fake_agents(ec2.clone(), "g1");
+    let out = natron(&emu, &apply_args).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout
+            .contains("done: every private subnet of g1 is served"),
+        "{out}"
+    );
+
+    // Everything tagged and associated.
+    let cloud = Aws::new(&emu.sdk_config().await);
+    let inv = cloud.inventory(&v.id, "g1").await.unwrap();
+    let tagged_g1 =
+        |t: &natron::model::Tags| t.get("natron:group").map(String::as_str) == Some("g1");
+    let sg = inv
+        .security_groups
+        .iter()
+        .find(|g| g.name == "natron-g1")
+        .unwrap();
+    assert!(tagged_g1(&sg.tags));
+    assert!(sg
+        .ingress
+        .iter()
+        .any(|p| p.peer == natron::model::Peer::Cidr("10.0.10.0/24".parse().unwrap())));
+    assert!(sg
+        .ingress
+        .iter()
+        .any(|p| p.peer == natron::model::Peer::Group(sg.id.clone()) && p.from_port == Some(9100)));
+    let role = inv.role.as_ref().unwrap();
+    assert!(tagged_g1(&role.tags));
+    assert_eq!(
+        role.policies["natron-agent"],
+        natron::documents::agent_policy("g1", "aws")
+    );
+    assert!(tagged_g1(&inv.instance_profile.as_ref().unwrap().tags));
+    let lt = inv.launch_template.as_ref().unwrap();
+    assert!(tagged_g1(&lt.tags));
+    let launch = lt.latest.as_ref().unwrap();
+    assert_eq!(launch.security_group_id, sg.id);
+    assert!(launch.user_data.contains("group = \"g1\""));
+    assert_eq!(inv.auto_scaling_groups.len(), 2);
+    for g in &inv.auto_scaling_groups {
+        assert!(tagged_g1(&g.tags));
+        assert_eq!(g.termination_hooks, vec!["natron-handoff".to_string()]);
+        assert_eq!((g.min_size, g.max_size, g.desired), (1, 1, 1));
+    }
+    assert_eq!(inv.instances.len(), 2);
+    let new_subnet = inv
+        .subnets
+        .iter()
+        .find(|s| s.cidr.to_string() == "10.0.11.0/24")
+        .unwrap();
+    assert!(tagged_g1(&new_subnet.tags));
+    for (subnet, az) in [(&v.old_subnet, AZ_A), (&new_subnet.id, AZ_B)] {
+        let t = inv.route_table_of(subnet).unwrap();
+        assert_eq!(t.tag("natron:group"), Some("g1"), "{subnet}");
+        assert_eq!(t.tag("natron:az"), Some(az), "{subnet}");
+        assert_eq!(t.tag("natron:subnet"), Some(subnet.as_str()));
+        let nat = inv.instance_for(t.default_route().unwrap()).unwrap();
+        assert_eq!(nat.az, az);
+    }
+    assert_eq!(
+        inv.route_table_of(&v.old_subnet)
+            .unwrap()
+            .tag("natron:previous-route-table"),
+        Some(v.old_rt.as_str())
+    );
+    assert_eq!(inv.addresses.len(), 2);
+    for a in &inv.addresses {
+        let nat = inv
+            .instances
+            .iter()
+            .find(|i| Some(&i.id) == a.instance_id.as_ref())
+            .unwrap();
+        assert_eq!(
+            Some(&nat.az),
+            a.tags.get("natron:az"),
+            "each AZ's EIP on its NAT"
+        );
+    }
+
+    // Plan and apply again: nothing to change.
+    let plan_args: Vec<&str> = std::iter::once("plan")
+        .chain(apply_args[1..apply_args.len() - 2].iter().copied())
+        .collect();
+    let out = natron(&emu, &plan_args).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("nothing to change"), "{out}");
+    let out = natron(&emu, &apply_args).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("nothing to change"), "{out}");
+    agents.abort();
+
+    // Status.
+    let out = natron(
+        &emu,
+        &[
+            "status", "--vpc", &v.id, "--group", "g1", "--output", "json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    for zone in status["zones"].as_array().unwrap() {
+        let nat = &zone["nats"][0];
+        assert_eq!(nat["state"], "running");
+        assert_eq!(nat["tables"][0]["role"], "home", "{status}");
+        assert!(nat["elastic_ip"].is_string(), "{status}");
+        assert!(zone["auto_scaling_group"].is_string());
+    }
+    assert_eq!(status["unserved"].as_array().unwrap().len(), 0);
+
+    // Check passes. (The emulator ignores the launch template's network
+    // interface settings and puts instances in the VPC's default group;
+    // AWS puts them in natron's, as the test does here.)
+    for nat in &inv.instances {
+        ec2.modify_instance_attribute()
+            .instance_id(&nat.id)
+            .groups(&sg.id)
+            .send()
+            .await
+            .unwrap();
+    }
+    let out = natron(&emu, &["check", "--vpc", &v.id, "--group", "g1"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.stdout.matches("ok ").count(), 2, "{out}");
+
+    // Each breakage: its own finding and a non-zero exit; then repaired.
+    let table_a = table_for(&ec2, &v.old_subnet).await;
+    let table_b = table_for(&ec2, &new_subnet.id).await;
+    let nat_a = instance_of(&table_a);
+    let nat_b = instance_of(&table_b);
+    let set_check = |on: bool, nat: String| {
+        let ec2 = ec2.clone();
+        async move {
+            ec2.modify_instance_attribute()
+                .instance_id(nat)
+                .source_dest_check(
+                    aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                        .value(on)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    set_check(true, nat_a.clone()).await;
+    expect_check(
+        &emu,
+        &v,
+        1,
+        &format!("NAT {nat_a} has source/destination check on"),
+    )
+    .await;
+    set_check(false, nat_a.clone()).await;
+
+    let rt_b = table_b.route_table_id().unwrap();
+    ec2.delete_route()
+        .route_table_id(rt_b)
+        .destination_cidr_block("0.0.0.0/0")
+        .send()
+        .await
+        .unwrap();
+    expect_check(&emu, &v, 1, &format!("{rt_b} has no 0.0.0.0/0 route")).await;
+    ec2.create_route()
+        .route_table_id(rt_b)
+        .destination_cidr_block("0.0.0.0/0")
+        .instance_id(&nat_b)
+        .send()
+        .await
+        .unwrap();
+
+    let rt_a = table_a.route_table_id().unwrap();
+    let replace = |nat: String| {
+        let ec2 = ec2.clone();
+        async move {
+            ec2.replace_route()
+                .route_table_id(rt_a)
+                .destination_cidr_block("0.0.0.0/0")
+                .instance_id(nat)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    replace(nat_b.clone()).await;
+    expect_check(
+        &emu,
+        &v,
+        3,
+        &format!("goes through NAT {nat_b} in {AZ_B}: cross-AZ"),
+    )
+    .await;
+    replace(nat_a.clone()).await;
+
+    let perm = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("-1")
+        .ip_ranges(
+            aws_sdk_ec2::types::IpRange::builder()
+                .cidr_ip("10.0.10.0/24")
+                .build(),
+        )
+        .build();
+    ec2.revoke_security_group_ingress()
+        .group_id(&sg.id)
+        .ip_permissions(perm)
+        .send()
+        .await
+        .unwrap();
+    expect_check(&emu, &v, 1, "do not allow TCP 443 from").await;
+    // apply repairs exactly that rule.
+    let out = natron(&emu, &plan_args).await;
+    assert!(out.stdout.contains("plan: 1 actions"), "{out}");
+    assert!(
+        out.stdout.contains("all traffic from 10.0.10.0/24"),
+        "{out}"
+    );
+    let out = natron(&emu, &apply_args).await;
+    assert_eq!(out.code, 0, "{out}");
+
+    ec2.delete_route()
+        .route_table_id(&v.public_rt)
+        .destination_cidr_block("0.0.0.0/0")
+        .send()
+        .await
+        .unwrap();
+    expect_check(&emu, &v, 1, "has no 0.0.0.0/0 route to an internet gateway").await;
+    ec2.create_route()
+        .route_table_id(&v.public_rt)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&v.igw)
+        .send()
+        .await
+        .unwrap();
+
+    let acl = ec2
+        .describe_network_acls()
+        .filters(filter("vpc-id", &v.id))
+        .filters(filter("default", "true"))
+        .send()
+        .await
+        .unwrap()
+        .network_acls()[0]
+        .network_acl_id()
+        .unwrap()
+        .to_string();
+    ec2.create_network_acl_entry()
+        .network_acl_id(&acl)
+        .rule_number(50)
+        .protocol("6")
+        .rule_action(aws_sdk_ec2::types::RuleAction::Deny)
+        .egress(true)
+        .cidr_block("0.0.0.0/0")
+        .port_range(
+            aws_sdk_ec2::types::PortRange::builder()
+                .from(443)
+                .to(443)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_check(
+        &emu,
+        &v,
+        1,
+        "blocks requests out (TCP 443 to 198.51.100.1): rule 50 denies",
+    )
+    .await;
+    ec2.delete_network_acl_entry()
+        .network_acl_id(&acl)
+        .rule_number(50)
+        .egress(true)
+        .send()
+        .await
+        .unwrap();
+
+    let out = natron(&emu, &["check", "--vpc", &v.id, "--group", "g1"]).await;
+    assert_eq!(out.code, 0, "repaired:\n{out}");
+
+    // Destroy: nothing tagged is left; untagged resources are as they were.
+    let out = natron(&emu, &["destroy", "--vpc", &v.id, "--group", "g1"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(tagged(&emu, &v.id, "g1").await, Vec::<String>::new());
+    let inv = cloud.inventory(&v.id, "g1").await.unwrap();
+    assert!(inv.role.is_none() && inv.instance_profile.is_none() && inv.launch_template.is_none());
+    assert!(inv.auto_scaling_groups.is_empty());
+    assert_eq!(
+        inv.explicit_route_table_of(&v.old_subnet)
+            .map(|t| t.id.as_str()),
+        Some(v.old_rt.as_str()),
+        "the subnet in use got its own table back"
+    );
+    assert!(inv.subnet(&v.decoy_subnet).is_some());
+    assert!(inv.security_group(&v.decoy_sg).is_some());
+    assert!(inv.subnet(&v.old_subnet).is_some());
+    assert!(inv.is_public(
+        &inv.subnets
+            .iter()
+            .find(|s| s.az == AZ_A && s.cidr.to_string() == "10.0.0.0/24")
+            .unwrap()
+            .id
+    ));
+    let out = natron(&emu, &["destroy", "--vpc", &v.id, "--group", "g1"]).await;
+    assert_eq!(out.code, 0, "destroy again:\n{out}");
+    assert!(out.stdout.contains("nothing to change"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_before_any_change() {
+    let emu = Loopback::start().await.unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&emu.sdk_config().await);
+    let v = vpc(&ec2).await;
+    let before = snapshot(&ec2, &emu).await;
+    let overlap = format!("overlaps {}", v.old_subnet);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--vpc", "vpc-00000000000000000", "--private", &v.old_subnet],
+            "vpc-00000000000000000",
+        ),
+        (
+            vec![
+                "--vpc",
+                &v.id,
+                "--az",
+                "us-east-1c",
+                "--private",
+                "us-east-1c=10.0.30.0/24",
+            ],
+            "AZ us-east-1c: no public subnet",
+        ),
+        (
+            vec!["--vpc", &v.id, "--private", "us-east-1a=10.0.10.128/25"],
+            &overlap,
+        ),
+        (
+            vec!["--vpc", &v.id, "--private", "subnet-0123456789abcdef0"],
+            "private subnet subnet-0123456789abcdef0: not found",
+        ),
+        (
+            vec![
+                "--vpc",
+                &v.id,
+                "--private",
+                &v.old_subnet,
+                "--ami",
+                "ami-00000000",
+            ],
+            "ami-00000000",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["apply", "--group", "g1"];
+        full.extend(args);
+        let out = natron(&emu, &full).await;
+        assert_eq!(out.code, 2, "{full:?}:\n{out}");
+        assert!(
+            out.stderr.contains(needle),
+            "{needle:?} missing for {full:?}:\n{out}"
+        );
+        assert!(out.stderr.contains("nothing was changed"), "{out}");
+        assert_eq!(
+            snapshot(&ec2, &emu).await,
+            before,
+            "{full:?} changed something"
+        );
+    }
+    // A resource with the group's name but not its tag is never adopted.
+    ec2.create_security_group()
+        .group_name("natron-g2")
+        .description("someone else's")
+        .vpc_id(&v.id)
+        .send()
+        .await
+        .unwrap();
+    let before = snapshot(&ec2, &emu).await;
+    let out = natron(
+        &emu,
+        &[
+            "apply",
+            "--group",
+            "g2",
+            "--vpc",
+            &v.id,
+            "--private",
+            &v.old_subnet,
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr.contains("security group natron-g2") && out.stderr.contains("will not adopt"),
+        "{out}"
+    );
+    assert_eq!(snapshot(&ec2, &emu).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_apply_resumes_cleanly() {
+    let emu = Loopback::start().await.unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&emu.sdk_config().await);
+    let v = vpc(&ec2).await;
+    let cloud = Aws::new(&emu.sdk_config().await);
+    let request = natron::layout::Request {
+        vpc_id: v.id.clone(),
+        group: "g3".into(),
+        azs: vec![],
+        private: vec![
+            v.old_subnet.parse().unwrap(),
+            format!("{AZ_B}=10.0.11.0/24").parse().unwrap(),
+        ],
+        public_subnets: vec![],
+        instance_type: "t4g.nano".into(),
+        elastic_ips: false,
+    };
+    let plan = |cloud: Aws| {
+        let request = request.clone();
+        async move {
+            let inv = cloud
+                .inventory(&request.vpc_id, &request.group)
+                .await
+                .unwrap();
+            let image = cloud
+                .find_image(&natron::cloud::ImageChoice::Newest {
+                    name: "natron-*".into(),
+                    owner: "self".into(),
+                    architectures: vec!["arm64".into()],
+                })
+                .await
+                .unwrap();
+            let layout = natron::layout::resolve(&request, &inv, image, &["arm64".into()]).unwrap();
+            (
+                layout.clone(),
+                natron::plan::plan(&layout, &inv, "us-east-1", 9100).unwrap(),
+            )
+        }
+    };
+    let (_, full) = plan(Aws::new(&emu.sdk_config().await)).await;
+    // Stop after 7 actions, as a crash would.
+    let mut seen = 0;
+    let mut stop = |e: natron::apply::Event| {
+        if let natron::apply::Event::Start { .. } = e {
+            seen += 1;
+            if seen > 7 {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    };
+    let err = Runner::new(&cloud, &v.id, "g3")
+        .run(&full, &mut stop)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("interrupted after 7"), "{err}");
+
+    // The next plan carries on with exactly the rest.
+    let (_, rest) = plan(Aws::new(&emu.sdk_config().await)).await;
+    assert_eq!(
+        rest.actions.len(),
+        full.actions.len() - 7,
+        "{:#?}",
+        rest.actions
+    );
+    let agents = fake_agents(ec2.clone(), "g3");
+    let mut runner = Runner::new(&cloud, &v.id, "g3");
+    let outcome = runner
+        .run(&rest, &mut |_| ControlFlow::Continue(()))
+        .await
+        .unwrap();
+    runner
+        .wait(
+            outcome.pending,
+            &natron::apply::Wait {
+                timeout: Duration::from_secs(60),
+                poll: Duration::from_millis(200),
+            },
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .await
+        .unwrap();
+    agents.abort();
+    let (_, after) = plan(Aws::new(&emu.sdk_config().await)).await;
+    assert!(after.actions.is_empty(), "{:#?}", after.actions);
+    let inv = cloud.inventory(&v.id, "g3").await.unwrap();
+    assert_eq!(
+        inv.security_groups
+            .iter()
+            .filter(|g| g.name == "natron-g3")
+            .count(),
+        1
+    );
+    assert_eq!(
+        inv.subnets
+            .iter()
+            .filter(|s| s.cidr.to_string() == "10.0.11.0/24")
+            .count(),
+        1
+    );
+    assert_eq!(inv.group_route_tables("g3").count(), 2);
+}
