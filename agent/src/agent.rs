@@ -21,6 +21,7 @@ use crate::coordinator::{self, Coordinator};
 use crate::ec2::{Ec2, GroupInstance};
 use crate::identity::{read_identity_with_retries, Identity, Metadata, GROUP_TAG};
 use crate::kernel::{self, Outcome, Sysctl};
+use crate::lifecycle;
 use crate::nft::{Nft, Pass, Reconciler};
 use crate::notify;
 use crate::peers::Watch;
@@ -121,9 +122,22 @@ impl Agent {
             resolved.group.clone(),
         ));
         coordinator::spawn(&coordinator, self.config.http.listen.port());
+        let terminating = lifecycle::terminating(
+            self.edges.metadata.as_ref(),
+            self.config.failover.lifecycle_interval,
+        );
         tokio::select! {
             _ = &mut shutdown => {}
             _ = self.control_loop(&resolved, ec2.as_ref()) => {}
+            _ = terminating => {
+                info!("auto scaling is terminating this instance: handing its route tables to peers now");
+                coordinator.handoff().await;
+                // Draining (503) until the instance shuts down: a peer must
+                // not hand the tables back, nor this agent claim them.
+                shutdown.await;
+                notify::stopping();
+                return;
+            }
         }
         notify::stopping();
         coordinator.handoff().await;

@@ -198,6 +198,10 @@ pub struct FailoverConfig {
     /// Longest time a stopping agent spends handing its tables over.
     #[serde(with = "humantime_serde")]
     pub handoff_timeout: Duration,
+    /// How often IMDS is asked whether Auto Scaling is terminating this
+    /// instance (then the agent hands its tables over at once).
+    #[serde(with = "humantime_serde")]
+    pub lifecycle_interval: Duration,
     /// How long a peer that has never been ready counts as starting rather
     /// than failed when it answers 503.
     #[serde(with = "humantime_serde")]
@@ -216,6 +220,7 @@ impl Default for FailoverConfig {
             hold_down: Duration::from_secs(30),
             peer_refresh: Duration::from_secs(10),
             handoff_timeout: Duration::from_secs(10),
+            lifecycle_interval: Duration::from_secs(5),
             boot_grace: Duration::from_secs(60),
         }
     }

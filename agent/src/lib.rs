@@ -20,6 +20,7 @@ pub mod http;
 pub mod identity;
 pub mod imds;
 pub mod kernel;
+pub mod lifecycle;
 pub mod logging;
 pub mod nft;
 pub mod notify;

@@ -204,7 +204,11 @@ fn to_ip_permissions(rules: &[Permission]) -> Vec<ec2t::IpPermission> {
                 Peer::Cidr(c) => b.ip_ranges(
                     ec2t::IpRange::builder()
                         .cidr_ip(c.to_string())
-                        .description("natron: served private subnet")
+                        .description(if c.prefix_len() == 0 {
+                            "natron: egress to anywhere"
+                        } else {
+                            "natron: served private subnet"
+                        })
                         .build(),
                 ),
                 Peer::Group(g) => b.user_id_group_pairs(
@@ -905,6 +909,15 @@ impl Cloud for Aws {
                     .send()
                     .await
                     .map_err(fail("RevokeSecurityGroupIngress", sg))?;
+                Ok(None)
+            }
+            AuthorizeEgress { group: sg, rules } => {
+                ec2.authorize_security_group_egress()
+                    .group_id(sg)
+                    .set_ip_permissions(Some(to_ip_permissions(rules)))
+                    .send()
+                    .await
+                    .map_err(fail("AuthorizeSecurityGroupEgress", sg))?;
                 Ok(None)
             }
             CreateRole { name } => {

@@ -63,6 +63,11 @@ pub enum Action {
         group: String,
         rules: Vec<Permission>,
     },
+    /// Puts back the NATs' egress to anywhere (a new group has it).
+    AuthorizeEgress {
+        group: String,
+        rules: Vec<Permission>,
+    },
     CreateRole {
         name: String,
     },
@@ -183,6 +188,9 @@ impl fmt::Display for Action {
             }
             RevokeIngress { group, rules } => {
                 write!(f, "revoke from {group}: {}", describe_rules(rules))
+            }
+            AuthorizeEgress { group, rules } => {
+                write!(f, "allow out of {group}: {}", describe_rules(rules).replace(" from ", " to "))
             }
             CreateRole { name } => write!(f, "create IAM role {name}"),
             PutRolePolicy { role, name, .. } => write!(f, "put policy {name} on IAM role {role}"),
@@ -391,6 +399,18 @@ pub fn plan(
         a.push(Action::RevokeIngress {
             group: id.clone(),
             rules: remove,
+        });
+    }
+    let anywhere = Permission {
+        protocol: "-1".into(),
+        from_port: None,
+        to_port: None,
+        peer: Peer::Cidr(Ipv4Net::default()),
+    };
+    if let Some(g) = sg.filter(|g| !g.egress.contains(&anywhere)) {
+        a.push(Action::AuthorizeEgress {
+            group: g.id.clone(),
+            rules: vec![anywhere],
         });
     }
 
@@ -854,12 +874,13 @@ mod tests {
             egress: vec![],
         });
         let p = plan(&layout(), &inv, "us-east-1", 9100).unwrap();
-        let sg: Vec<String> = p.actions[1..3].iter().map(ToString::to_string).collect();
+        let sg: Vec<String> = p.actions[1..4].iter().map(ToString::to_string).collect();
         assert_eq!(
             sg,
             [
                 "allow into sg-n: all traffic from 10.0.11.0/24",
-                "revoke from sg-n: tcp/22 from 0.0.0.0/0"
+                "revoke from sg-n: tcp/22 from 0.0.0.0/0",
+                "allow out of sg-n: all traffic to 0.0.0.0/0",
             ]
         );
     }

@@ -16,6 +16,10 @@ use axum::Router;
 use crate::vpc::{InstanceView, VpcView};
 
 pub const ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// The lab's stand-in for Auto Scaling: an instance tag whose value IMDS
+/// serves as `autoscaling/target-lifecycle-state` (404 without it, as for
+/// an instance outside an auto scaling group).
+pub const LIFECYCLE_TAG: &str = "lab:target-lifecycle-state";
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 
@@ -129,6 +133,7 @@ pub fn answer(view: &VpcView, i: &InstanceView, region: &str, path: &str) -> Opt
         "meta-data/placement/availability-zone" => Some(i.availability_zone.clone()),
         "meta-data/placement/region" => Some(region.to_string()),
         "meta-data/mac" => Some(i.mac.clone()),
+        "meta-data/autoscaling/target-lifecycle-state" => i.tags.get(LIFECYCLE_TAG).cloned(),
         "meta-data/local-ipv4" => Some(i.private_ip.to_string()),
         "meta-data/public-ipv4" => i.public_ip.map(|p| p.to_string()),
         "meta-data/tags/instance" => i

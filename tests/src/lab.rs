@@ -539,7 +539,7 @@ impl Lab {
         format!(
             "{}\n[failover]\npeer_interval = \"200ms\"\npeer_timeout = \"200ms\"\npeer_rise = 2\npeer_fall = 3\n\
              heartbeat_interval = \"500ms\"\nheartbeat_timeout = \"1200ms\"\nhold_down = \"{}ms\"\n\
-             peer_refresh = \"5s\"\nhandoff_timeout = \"5s\"\n",
+             peer_refresh = \"5s\"\nhandoff_timeout = \"5s\"\nlifecycle_interval = \"500ms\"\n",
             self.agent_config(),
             hold_down.as_millis()
         )
@@ -575,6 +575,26 @@ impl Lab {
             .get(table)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Auto Scaling starts terminating NAT `az`: its lifecycle hook holds it
+    /// running while IMDS reports the target state `Terminated`.
+    pub fn start_termination(&self, az: usize) -> Result<(), LabError> {
+        let id = self.nats[az].instance_id.clone();
+        self.ec2(|c| async move {
+            c.create_tags()
+                .resources(&id)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(imds::LIFECYCLE_TAG)
+                        .value("Terminated")
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| LabError::Emulator(format!("CreateTags {id}: {e}")))
+        })
     }
 
     /// NAT `az` dies: its agents are SIGKILLed and its links go down.

@@ -135,6 +135,35 @@ fn sigterm_hands_routes_over_with_at_most_a_couple_of_lost_probes() {
 }
 
 #[test]
+fn auto_scaling_termination_hands_routes_over_while_the_nat_still_runs() {
+    let s = two_azs(Duration::from_secs(3));
+    let t0 = Instant::now();
+    s.lab.start_termination(0).unwrap();
+    s.owner_is(0, 1, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("{}", s.with_log(0, e)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let lost = s.probes[0].lost_between(t0, Instant::now() - Duration::from_millis(1100));
+    println!("lifecycle handoff: {lost} probes lost");
+    assert!(lost <= 3, "{lost} probes lost during a lifecycle handoff");
+    // Still running, draining: not ready, and it never takes the table
+    // back (the hold-down here is 3 s).
+    let (code, body) = s.lab.agent_get(0, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        s.changes_since(0, t0),
+        1,
+        "{}",
+        s.lab.agent_log(s.agents[0])
+    );
+    let log = s.lab.agent_log(s.agents[0]);
+    assert!(
+        log.contains("auto scaling is terminating this instance") && log.contains("kind=Handoff"),
+        "{log}"
+    );
+}
+
+#[test]
 fn partitioned_nats_do_not_flap() {
     let secs: u64 = std::env::var("NATRON_PARTITION_SECS")
         .ok()
