@@ -514,6 +514,18 @@ mod tests {
         )
     }
 
+    /// A fake EC2 with one instance and table rtb-a of az-a, unclaimed.
+    fn fake_with_table_a(i: GroupInstance) -> Arc<FakeEc2> {
+        let ec2 = Arc::new(FakeEc2::default());
+        ec2.instances.lock().unwrap().push(i);
+        ec2.tables.lock().unwrap().insert("rtb-a".into(), None);
+        ec2.table_az
+            .lock()
+            .unwrap()
+            .insert("rtb-a".into(), "az-a".into());
+        ec2
+    }
+
     fn ready(shared: &Shared) {
         shared.update(|s| {
             s.identity = Some(crate::identity::Identity {
@@ -588,13 +600,7 @@ mod tests {
 
     #[tokio::test]
     async fn home_claims_once_ready_and_not_before() {
-        let ec2 = Arc::new(FakeEc2::default());
-        ec2.instances.lock().unwrap().push(instance("i-a", "az-a"));
-        ec2.tables.lock().unwrap().insert("rtb-a".into(), None);
-        ec2.table_az
-            .lock()
-            .unwrap()
-            .insert("rtb-a".into(), "az-a".into());
+        let ec2 = fake_with_table_a(instance("i-a", "az-a"));
         let shared = Arc::new(Shared::new());
         let c = coordinator(ec2.clone(), shared.clone());
         assert_eq!(c.pass(false).await.unwrap(), 0, "not ready: no claim");
@@ -617,13 +623,7 @@ mod tests {
     async fn claims_its_table_even_when_describe_instances_omits_it() {
         // The instance lacks the natron:group tag (group set in the config
         // file instead): DescribeInstances by tag does not return it.
-        let ec2 = Arc::new(FakeEc2::default());
-        ec2.instances.lock().unwrap().push(instance("i-b", "az-b"));
-        ec2.tables.lock().unwrap().insert("rtb-a".into(), None);
-        ec2.table_az
-            .lock()
-            .unwrap()
-            .insert("rtb-a".into(), "az-a".into());
+        let ec2 = fake_with_table_a(instance("i-b", "az-b"));
         let shared = Arc::new(Shared::new());
         let c = coordinator(ec2.clone(), shared.clone());
         ready(&shared);
