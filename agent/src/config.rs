@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::probe::ProbeTarget;
 
 pub const DEFAULT_PATH: &str = "/etc/natron/agent.toml";
+/// How errors name the configuration when it came from IMDS user data.
+pub const USER_DATA: &str = "user-data";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -159,6 +161,8 @@ pub struct Ec2Config {
     pub route_interval: Duration,
     /// Attempts for one EC2 call on throttling, 5xx and network errors.
     pub max_attempts: u32,
+    /// The EC2 API endpoint; None: the region's (or `AWS_ENDPOINT_URL`).
+    pub endpoint_url: Option<String>,
 }
 
 impl Default for Ec2Config {
@@ -166,6 +170,7 @@ impl Default for Ec2Config {
         Ec2Config {
             route_interval: Duration::from_secs(10),
             max_attempts: 5,
+            endpoint_url: None,
         }
     }
 }
@@ -260,6 +265,13 @@ impl Config {
             }
         };
         Config::parse(&shown, &text)
+    }
+
+    /// The configuration carried in the instance's user data (what `natron
+    /// apply` writes), for an instance without a configuration file. No
+    /// user data means all defaults.
+    pub fn from_user_data(user_data: Option<&str>) -> Result<Config, ConfigError> {
+        Config::parse(USER_DATA, user_data.unwrap_or(""))
     }
 
     pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
@@ -390,6 +402,17 @@ impl Config {
         if !(1..=20).contains(&self.ec2.max_attempts) {
             return Err(invalid("ec2.max_attempts", "must be between 1 and 20"));
         }
+        if let Some(url) = &self.ec2.endpoint_url {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                return Err(invalid(
+                    "ec2.endpoint_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -456,6 +479,23 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse("agent.toml", text)
+    }
+
+    #[test]
+    fn user_data_carries_the_configuration() {
+        assert_eq!(Config::from_user_data(None).unwrap(), Config::default());
+        let c = Config::from_user_data(Some(&sample_user_data())).unwrap();
+        assert_eq!(c.group.as_deref(), Some("prod"));
+        assert_eq!(
+            c.ec2.endpoint_url.as_deref(),
+            Some("http://169.254.0.100:5000")
+        );
+        let err = Config::from_user_data(Some("#!/bin/sh\necho hi\n")).unwrap_err();
+        assert!(err.to_string().starts_with("user-data"), "{err}");
+    }
+
+    fn sample_user_data() -> String {
+        "group = \"prod\"\n[ec2]\nendpoint_url = \"http://169.254.0.100:5000\"\n".into()
     }
 
     #[test]
@@ -547,6 +587,7 @@ max_attempts = 3
             ("[conntrack]\nmax = 10\n", "conntrack.max", 2),
             ("group = \"\"\n", "group", 1),
             ("[ec2]\nmax_attempts = 0\n", "ec2.max_attempts", 2),
+            ("[ec2]\nendpoint_url = \"ftp://x\"\n", "ec2.endpoint_url", 2),
             (
                 "[failover]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"1s\"\n",
                 "failover.heartbeat_timeout",

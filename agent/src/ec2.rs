@@ -260,8 +260,12 @@ pub struct AwsEc2 {
 
 impl AwsEc2 {
     /// Uses the standard credential chain and `AWS_ENDPOINT_URL` when set.
-    pub async fn new(region: &str, attempts: u32) -> AwsEc2 {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    pub async fn new(region: &str, attempts: u32, endpoint_url: Option<&str>) -> AwsEc2 {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let config = loader
             .region(aws_config::Region::new(region.to_string()))
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(

@@ -29,11 +29,19 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("natron-agent: invalid configuration: {e}");
-            return ExitCode::from(2);
+    // No file at the default path: the configuration is in the user data.
+    let from_user_data = !cli.validate
+        && cli.config == std::path::Path::new(config::DEFAULT_PATH)
+        && !cli.config.exists();
+    let config = if from_user_data {
+        None
+    } else {
+        match Config::load(&cli.config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("natron-agent: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
         }
     };
     if cli.validate {
@@ -52,6 +60,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let config = match config {
+        Some(c) => c,
+        None => match runtime.block_on(config_from_user_data()) {
+            Ok(c) => c,
+            Err((code, message)) => {
+                error!("{message}");
+                return ExitCode::from(code);
+            }
+        },
+    };
     match runtime.block_on(run(config, cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -59,6 +77,37 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Reads the configuration from IMDS user data, waiting up to 30 s for
+/// IMDS at boot. Err: the exit code (2 invalid, 1 IMDS unreachable) and why.
+async fn config_from_user_data() -> Result<Config, (u8, String)> {
+    use natron_agent::identity::Metadata;
+    let imds = imds::Imds::new();
+    let mut attempts = 0;
+    let user_data = loop {
+        match imds.get("user-data").await {
+            Ok(v) => break v,
+            Err(e) if attempts < 30 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "user data not readable yet");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err((
+                    1,
+                    format!("no {} and no user data: {e}", config::DEFAULT_PATH),
+                ))
+            }
+        }
+    };
+    info!(
+        present = user_data.is_some(),
+        "no {}: configuration from the instance's user data",
+        config::DEFAULT_PATH
+    );
+    Config::from_user_data(user_data.as_deref())
+        .map_err(|e| (2, format!("invalid configuration: {e}")))
 }
 
 async fn run(config: Config, cli: Cli) -> anyhow::Result<()> {
@@ -78,6 +127,7 @@ async fn run(config: Config, cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(watchdog(shared.clone()));
 
     let attempts = config.ec2.max_attempts;
+    let endpoint = config.ec2.endpoint_url.clone();
     let agent = Agent {
         config,
         options: Options {
@@ -90,9 +140,11 @@ async fn run(config: Config, cli: Cli) -> anyhow::Result<()> {
             sysctl: Arc::new(kernel::ProcSys::default()),
             ec2: Box::new(move |identity| {
                 let region = identity.region.clone();
-                Box::pin(
-                    async move { Arc::new(AwsEc2::new(&region, attempts).await) as Arc<dyn Ec2> },
-                )
+                let endpoint = endpoint.clone();
+                Box::pin(async move {
+                    Arc::new(AwsEc2::new(&region, attempts, endpoint.as_deref()).await)
+                        as Arc<dyn Ec2>
+                })
             }),
         },
     };
