@@ -20,6 +20,8 @@ pub const ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// serves as `autoscaling/target-lifecycle-state` (404 without it, as for
 /// an instance outside an auto scaling group).
 pub const LIFECYCLE_TAG: &str = "lab:target-lifecycle-state";
+/// The instance profile role every lab instance has.
+pub const ROLE: &str = "natron-lab";
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 
@@ -27,6 +29,11 @@ const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub struct Imds {
     pub view: Arc<RwLock<VpcView>>,
     pub region: String,
+    /// Answer as this instance whoever asks (a VM behind QEMU's user
+    /// network reaches the stub from 127.0.0.1).
+    pub fixed: Option<String>,
+    /// Served at `user-data` (404 when None).
+    pub user_data: Option<String>,
     tokens: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
@@ -35,6 +42,8 @@ impl Imds {
         Imds {
             view,
             region: region.to_string(),
+            fixed: None,
+            user_data: None,
             tokens: Arc::default(),
         }
     }
@@ -92,11 +101,21 @@ async fn metadata(
     if !valid {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    if path == "user-data" {
+        return match imds.user_data {
+            Some(text) => text.into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
     let SocketAddr::V4(peer) = peer else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let view = imds.view.read().expect("view").clone();
-    let Some(instance) = view.instance_by_ip(*peer.ip()) else {
+    let caller = match &imds.fixed {
+        Some(id) => view.instances.iter().find(|i| &i.id == id),
+        None => view.instance_by_ip(*peer.ip()),
+    };
+    let Some(instance) = caller else {
         return (
             StatusCode::NOT_FOUND,
             "caller is not an instance of the lab VPC\n",
@@ -133,6 +152,25 @@ pub fn answer(view: &VpcView, i: &InstanceView, region: &str, path: &str) -> Opt
         "meta-data/placement/availability-zone" => Some(i.availability_zone.clone()),
         "meta-data/placement/region" => Some(region.to_string()),
         "meta-data/mac" => Some(i.mac.clone()),
+        // An instance profile, as on EC2: the SDK's default credential
+        // chain ends here.
+        "meta-data/iam/security-credentials" => Some(ROLE.to_string()),
+        p if p == format!("meta-data/iam/security-credentials/{ROLE}") => Some(
+            serde_json::json!({
+                "Code": "Success",
+                "Type": "AWS-HMAC",
+                "AccessKeyId": "testing",
+                "SecretAccessKey": "testing",
+                "Token": "testing",
+                "Expiration": humantime::format_rfc3339_seconds(
+                    std::time::SystemTime::now() + Duration::from_secs(6 * 3600)
+                )
+                .to_string(),
+                "LastUpdated": humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string(),
+            })
+            .to_string(),
+        ),
         "meta-data/autoscaling/target-lifecycle-state" => i.tags.get(LIFECYCLE_TAG).cloned(),
         "meta-data/local-ipv4" => Some(i.private_ip.to_string()),
         "meta-data/public-ipv4" => i.public_ip.map(|p| p.to_string()),

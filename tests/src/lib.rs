@@ -6,6 +6,7 @@
 //! server, the EC2 emulator and an IMDSv2 stub. Dropping the lab deletes all
 //! of it. Nothing is created in, or sent to, the host's own network.
 
+pub mod boot;
 pub mod emulator;
 pub mod exec;
 pub mod faults;

@@ -32,6 +32,17 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         partition_secs: u64,
     },
+    /// Boot the disk image under QEMU and check the agent inside.
+    BootTest {
+        #[arg(long)]
+        image: std::path::PathBuf,
+        /// uefi or bios.
+        #[arg(long, default_value = "uefi")]
+        firmware: String,
+        /// Longest time from power-on to the agent being ready.
+        #[arg(long, default_value = "240")]
+        bound_secs: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +52,29 @@ fn main() -> anyhow::Result<()> {
             runs,
             partition_secs,
         } => bench::run(runs, partition_secs),
+        Command::BootTest {
+            image,
+            firmware,
+            bound_secs,
+        } => {
+            let firmware =
+                natron_lab::boot::Firmware::parse(&firmware).map_err(anyhow::Error::msg)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(natron_lab::boot::run(
+                &image,
+                firmware,
+                Duration::from_secs(bound_secs),
+            ))?;
+            println!("boot test ({firmware:?}): {}", image.display());
+            for c in &report.checks {
+                println!("  {c}");
+            }
+            println!(
+                "boot to ready: {:.1} s under TCG",
+                report.ready_after.as_secs_f64()
+            );
+            Ok(())
+        }
     }
 }
 

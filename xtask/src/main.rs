@@ -6,6 +6,9 @@
 //!   cargo xtask demo    setup, build, run the lab demo
 //!   cargo xtask test    setup, build, run every test (what CI runs)
 //!   cargo xtask bench   setup, build, print the failover figures
+//!   cargo xtask image --arch x86_64   the disk image (image/), into target/image/
+
+mod image;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -22,8 +25,9 @@ fn main() -> ExitCode {
         Some("demo") => setup().and_then(|_| demo()),
         Some("test") => setup().and_then(|_| test(&args[1..])),
         Some("bench") => setup().and_then(|_| bench(&args[1..])),
+        Some("image") => image_arch(&args[1..]).and_then(|arch| image::build(arch).map(|_| ())),
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test [cargo test args]|bench [--runs N] [--partition-secs S]>");
+            eprintln!("usage: cargo xtask <setup|demo|test [cargo test args]|bench [--runs N] [--partition-secs S]|image [--arch x86_64|arm64]>");
             return ExitCode::from(2);
         }
     };
@@ -33,6 +37,14 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn image_arch(args: &[String]) -> Result<image::Arch, String> {
+    match args {
+        [] => Ok(image::Arch::X86_64),
+        [flag, arch] if flag == "--arch" => image::Arch::parse(arch),
+        _ => Err(format!("image {args:?}: expected [--arch x86_64|arm64]")),
     }
 }
 
