@@ -20,7 +20,8 @@ const AZ: &str = "us-east-1a";
 /// Where the guest finds the emulator and the probe target (QEMU guest
 /// forwards inside its 169.254.0.0/16 user network).
 const GUEST_EC2: &str = "169.254.0.100:5000";
-const GUEST_PROBE: &str = "169.254.0.101:80";
+// Distinct guest ports: QEMU names each forward after its port alone.
+const GUEST_PROBE: &str = "169.254.0.101:8080";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
@@ -46,10 +47,12 @@ pub struct Report {
 }
 
 /// The agent configuration the stub serves as user data (what `natron
-/// apply` would write, plus the test's endpoints).
+/// apply` would write, plus the test's endpoints). The egress interface is
+/// named: QEMU's DHCP in a 169.254.0.0/16 network gives no default route
+/// (on EC2 the VPC's DHCP does).
 fn user_data() -> String {
     format!(
-        "group = \"{GROUP}\"\n[ec2]\nendpoint_url = \"http://{GUEST_EC2}\"\nroute_interval = \"2s\"\n\
+        "group = \"{GROUP}\"\n[nat]\negress_interface = \"eth0\"\n[ec2]\nendpoint_url = \"http://{GUEST_EC2}\"\nroute_interval = \"2s\"\n\
          [health]\ntargets = [\"http://{GUEST_PROBE}/\"]\n"
     )
 }
@@ -172,13 +175,36 @@ pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Re
     let _ = std::fs::remove_file(&serial);
     let (ec2_host, ec2_port) = GUEST_EC2.split_once(':').expect("host:port");
     let (probe_host, probe_guest_port) = GUEST_PROBE.split_once(':').expect("host:port");
+    // A `tcp:` guest forward is one stream for QEMU's whole life; `cmd:`
+    // runs socat per connection, so each HTTP connection gets its own.
     let netdev = format!(
         "user,id=n0,net=169.254.0.0/16,restrict=on,\
-         guestfwd=tcp:169.254.169.254:80-tcp:127.0.0.1:{imds_port},\
-         guestfwd=tcp:{ec2_host}:{ec2_port}-tcp:127.0.0.1:{moto_port},\
-         guestfwd=tcp:{probe_host}:{probe_guest_port}-tcp:127.0.0.1:{probe_port},\
+         guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{imds_port},\
+         guestfwd=tcp:{ec2_host}:{ec2_port}-cmd:socat - TCP:127.0.0.1:{moto_port},\
+         guestfwd=tcp:{probe_host}:{probe_guest_port}-cmd:socat - TCP:127.0.0.1:{probe_port},\
          hostfwd=tcp:127.0.0.1:{agent_port}-:9100"
     );
+    // A 2 GiB volume over the image (as EC2 gives a bigger EBS volume than
+    // the snapshot): first boot must grow the root filesystem into it.
+    let disk = dir.join("volume.qcow2");
+    let _ = std::fs::remove_file(&disk);
+    let backing = image
+        .canonicalize()
+        .map_err(|e| LabError::Setup(format!("{}: {e}", image.display())))?;
+    let made = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&backing)
+        .arg(&disk)
+        .arg("2G")
+        .status()
+        .await
+        .map_err(|e| LabError::Setup(format!("qemu-img: {e}")))?;
+    if !made.success() {
+        return Err(LabError::Setup(format!(
+            "qemu-img create {}: {made}",
+            disk.display()
+        )));
+    }
     let mut qemu = tokio::process::Command::new("qemu-system-x86_64");
     qemu.args([
         "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2",
@@ -188,8 +214,8 @@ pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Re
     .arg(format!("file:{}", serial.display()))
     .arg("-drive")
     .arg(format!(
-        "if=none,id=disk,format=raw,snapshot=on,file={}",
-        image.display()
+        "if=none,id=disk,format=qcow2,file={}",
+        disk.display()
     ))
     .args(["-device", "nvme,drive=disk,serial=natron-root"])
     .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
@@ -217,24 +243,22 @@ pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Re
         .spawn()
         .map_err(|e| LabError::Setup(format!("qemu-system-x86_64: {e}")))?;
 
-    let base = format!("http://127.0.0.1:{agent_port}");
-    let http = |path: &str| {
-        let url = format!("{base}{path}");
-        async move {
-            let out = tokio::process::Command::new("curl")
-                .args(["-s", "-m", "2", "-o", "-", "-w", "\n%{http_code}", &url])
-                .output()
-                .await
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let (body, code) = text.rsplit_once('\n')?;
-            Some((code.trim().parse::<u16>().ok()?, body.to_string()))
-        }
+    let http = |path: &'static str| async move {
+        let get = natron_agent::probe::http_get("127.0.0.1", agent_port, path);
+        tokio::time::timeout(Duration::from_secs(2), get)
+            .await
+            .ok()?
+            .ok()
     };
     let ready_after = loop {
         if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = e.read_to_string(&mut stderr).await;
+            }
             return Err(LabError::Setup(format!(
-                "QEMU exited ({status}) before the agent was ready\n{}",
+                "QEMU exited ({status}) before the agent was ready: {stderr}\n{}",
                 tail(&serial)
             )));
         }
@@ -339,6 +363,15 @@ pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Re
         "agent's log on the serial console".into(),
     );
     expect(
+        log.contains("Initializing machine ID from random generator"),
+        "machine-id made on first boot (none baked in)".into(),
+    );
+    let grown = grown_blocks(&log);
+    expect(
+        grown.is_some_and(|(from, to)| to > from),
+        format!("root filesystem grown to the volume (blocks {grown:?})"),
+    );
+    expect(
         ready_after <= bound,
         format!(
             "ready {:.1} s after power-on (bound {bound:?})",
@@ -360,6 +393,18 @@ pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Re
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
+}
+
+/// (from, to) of the kernel's "resizing filesystem from A to B blocks".
+fn grown_blocks(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("resizing filesystem from"))?;
+    let rest = line.split("resizing filesystem from ").nth(1)?;
+    let mut words = rest.split_whitespace();
+    let from = words.next()?.parse().ok()?;
+    let to = words.nth(1)?.parse().ok()?;
+    Some((from, to))
 }
 
 fn tail(path: &PathBuf) -> String {

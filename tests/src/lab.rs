@@ -439,31 +439,11 @@ impl Lab {
     pub fn agent_get(&self, az: usize, path: &str) -> Result<(u16, String), String> {
         let path = path.to_string();
         self.run_in(&self.nats[az].ns, async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let work = async {
-                let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, AGENT_PORT))
-                    .await
-                    .map_err(|e| format!("agent: connect: {e}"))?;
-                s.write_all(format!("GET {path} HTTP/1.0\r\nhost: agent\r\n\r\n").as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut out = String::new();
-                s.read_to_string(&mut out)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let code = out
-                    .get(9..12)
-                    .and_then(|c| c.parse().ok())
-                    .ok_or(format!("bad answer {out:?}"))?;
-                let body = out
-                    .split_once("\r\n\r\n")
-                    .map(|(_, b)| b.to_string())
-                    .unwrap_or_default();
-                Ok((code, body))
-            };
-            tokio::time::timeout(Duration::from_secs(3), work)
+            let get = natron_agent::probe::http_get("127.0.0.1", AGENT_PORT, &path);
+            tokio::time::timeout(Duration::from_secs(3), get)
                 .await
                 .unwrap_or_else(|_| Err("agent: no answer".into()))
+                .map_err(|e| format!("agent: {e}"))
         })
     }
 

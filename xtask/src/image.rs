@@ -22,6 +22,8 @@ const BUILD_PACKAGES: &[&str] = &[
     "musl-tools",
     "debian-archive-keyring",
     "ovmf",
+    // The boot test's per-connection guest forwards.
+    "socat",
 ];
 /// From bookworm-backports: mkosi 14 in bookworm cannot build offline.
 const BACKPORTS_PACKAGES: &[&str] = &["mkosi", "systemd-boot", "python3-pefile", "qemu-system-x86"];
@@ -70,7 +72,7 @@ pub fn image_path(arch: Arch) -> PathBuf {
     output_dir(arch).join(format!("natron-{}.raw", arch.name()))
 }
 
-fn prerequisites(arch: Arch) -> Result<(), String> {
+pub fn prerequisites(arch: Arch) -> Result<(), String> {
     if arch == Arch::Arm64 {
         return Err(
             "arm64 images are not built yet: the agent needs an aarch64 musl C cross compiler \

@@ -4,7 +4,8 @@
 //!
 //!   cargo xtask setup   apt packages and the pinned EC2 emulator venv
 //!   cargo xtask demo    setup, build, run the lab demo
-//!   cargo xtask test    setup, build, run every test (what CI runs)
+//!   cargo xtask test    setup, build, run every test, build the image and
+//!                       boot it (UEFI and BIOS) under QEMU (what CI runs)
 //!   cargo xtask bench   setup, build, print the failover figures
 //!   cargo xtask image --arch x86_64   the disk image (image/), into target/image/
 
@@ -158,6 +159,34 @@ fn test(extra: &[String]) -> Result<(), String> {
         }
     }
     let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    // The image: built, then booted under QEMU with each firmware.
+    let boots: Result<Vec<bool>, String> = image::build(image::Arch::X86_64).map(|img| {
+        ["uefi", "bios"]
+            .iter()
+            .map(|firmware| {
+                run(Command::new(root().join("target/debug/natron-lab"))
+                    .args(["boot-test", "--image"])
+                    .arg(&img)
+                    .args(["--firmware", firmware]))
+                .is_ok()
+            })
+            .collect()
+    });
+    match &boots {
+        Ok(results) => {
+            for ok in results {
+                if *ok {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("xtask: image build failed: {e}");
+            failed += 1;
+        }
+    }
     // One closing line over all test binaries (cargo's last one is often a
     // doc-test run with nothing in it).
     println!("tests: {passed} passed, {failed} failed");
