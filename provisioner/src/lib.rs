@@ -12,4 +12,5 @@ pub mod documents;
 pub mod layout;
 pub mod model;
 pub mod plan;
+pub mod publish;
 pub mod status;

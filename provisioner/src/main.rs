@@ -71,6 +71,9 @@ enum Cmd {
         #[arg(long = "subnet")]
         subnets: Vec<String>,
     },
+    /// natron's disk images (AMIs).
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Monthly price of natron against NAT gateways for the same AZs.
     Cost {
         /// Traffic through the NATs, GB a month.
@@ -83,6 +86,29 @@ enum Cmd {
         /// Root volume of each NAT, GiB.
         #[arg(long, default_value_t = 4)]
         root_gib: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Upload a raw image (`cargo xtask image`) to an EBS snapshot with the
+    /// EBS direct API and register it as an AMI.
+    Publish {
+        /// The raw disk image.
+        #[arg(long)]
+        raw: std::path::PathBuf,
+        /// AMI name, for example natron-0.1.0-x86_64.
+        #[arg(long)]
+        name: String,
+        /// x86_64 or arm64.
+        #[arg(long)]
+        arch: natron::publish::Arch,
+        /// Also copy the AMI to these regions (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Let every AWS account launch it.
+        #[arg(long)]
+        public: bool,
     },
 }
 
@@ -239,6 +265,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Cmd::Cost { .. } => unreachable!("handled above"),
+        Cmd::Image(ImageCmd::Publish {
+            raw,
+            name,
+            arch,
+            regions,
+            public,
+        }) => {
+            if !raw.is_file() {
+                return Err(BadInput(format!("--raw {}: no such file", raw.display())).into());
+            }
+            let opts = natron::publish::Options {
+                raw,
+                name,
+                arch: *arch,
+                regions: regions.clone(),
+                public: *public,
+            };
+            let published =
+                natron::publish::publish(&config, &opts, &mut |line| println!("{line}")).await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&published)?),
+                Output::Text => println!(
+                    "published {} ({}): snapshot {}, {} of {} blocks uploaded",
+                    published.image_id,
+                    published.register.name,
+                    published.snapshot_id,
+                    published.blocks_uploaded,
+                    published.blocks_total
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -882,3 +882,104 @@ async fn interrupted_apply_resumes_cleanly() {
     );
     assert_eq!(inv.group_route_tables("g3").count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_publish_uploads_the_non_zero_blocks_and_registers() {
+    use natron::publish::BLOCK;
+    let emu = Loopback::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("natron-publish-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("natron.raw");
+    // 7 blocks and a bit: data in blocks 0, 2, 5 and the short tail (7).
+    let mut data = vec![0u8; 7 * BLOCK + 4096];
+    for (i, b) in [0usize, 2, 5].iter().enumerate() {
+        data[b * BLOCK..(b + 1) * BLOCK].fill(i as u8 + 1);
+    }
+    data[7 * BLOCK + 100] = 0xab;
+    std::fs::write(&raw, &data).unwrap();
+
+    let out = natron(
+        &emu,
+        &[
+            "--output",
+            "json",
+            "image",
+            "publish",
+            "--raw",
+            raw.to_str().unwrap(),
+            "--name",
+            "natron-test-x86_64",
+            "--arch",
+            "x86_64",
+            "--regions",
+            "us-west-2",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out}");
+    let json_start = out.stdout.find("{\n").unwrap();
+    let published: serde_json::Value = serde_json::from_str(&out.stdout[json_start..]).unwrap();
+    assert_eq!(published["blocks_uploaded"], 4, "{published}");
+    assert_eq!(published["blocks_total"], 8);
+    assert_eq!(published["register"]["boot_mode"], "uefi-preferred");
+    let snapshot = published["snapshot_id"].as_str().unwrap();
+
+    // The snapshot's blocks read back equal the image's non-zero blocks.
+    let ebs = aws_sdk_ebs::Client::new(&emu.sdk_config().await);
+    let listed = ebs
+        .list_snapshot_blocks()
+        .snapshot_id(snapshot)
+        .send()
+        .await
+        .unwrap();
+    let mut indices: Vec<i32> = listed
+        .blocks()
+        .iter()
+        .filter_map(|b| b.block_index())
+        .collect();
+    indices.sort();
+    assert_eq!(indices, [0, 2, 5, 7]);
+    let mut padded = data.clone();
+    padded.resize(8 * BLOCK, 0);
+    for block in listed.blocks() {
+        let index = block.block_index().unwrap() as usize;
+        let got = ebs
+            .get_snapshot_block()
+            .snapshot_id(snapshot)
+            .block_index(index as i32)
+            .block_token(block.block_token().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .block_data
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert!(
+            got[..] == padded[index * BLOCK..(index + 1) * BLOCK],
+            "block {index} differs"
+        );
+    }
+
+    // Registered under its name, and copied.
+    let ec2 = aws_sdk_ec2::Client::new(&emu.sdk_config().await);
+    let images = ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter("name", "natron-test-x86_64"))
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = images
+        .images()
+        .iter()
+        .filter_map(|i| i.image_id())
+        .collect();
+    assert!(
+        ids.contains(&published["image_id"].as_str().unwrap()),
+        "{ids:?}"
+    );
+    assert_eq!(published["copies"][0][0], "us-west-2");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
