@@ -24,6 +24,22 @@ const GUEST_EC2: &str = "169.254.0.100:5000";
 const GUEST_PROBE: &str = "169.254.0.101:8080";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn parse(s: &str) -> Result<Arch, String> {
+        match s {
+            "x86_64" => Ok(Arch::X86_64),
+            "arm64" => Ok(Arch::Arm64),
+            _ => Err(format!("arch {s:?}: expected x86_64 or arm64")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
     Uefi,
     Bios,
@@ -70,7 +86,12 @@ fn err(what: &str, e: impl std::fmt::Display) -> LabError {
 
 /// Boots `image` and checks the agent; `bound` is how long the agent may
 /// take to be ready after power-on.
-pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Report, LabError> {
+pub async fn run(
+    image: &Path,
+    arch: Arch,
+    firmware: Firmware,
+    bound: Duration,
+) -> Result<Report, LabError> {
     let emu = Loopback::start().await?;
     let ec2 = aws_sdk_ec2::Client::new(&emu.sdk_config().await);
     let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
@@ -205,29 +226,60 @@ pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Re
             disk.display()
         )));
     }
-    let mut qemu = tokio::process::Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2",
-    ])
-    .args(["-display", "none", "-no-reboot", "-nodefaults"])
-    .arg("-serial")
-    .arg(format!("file:{}", serial.display()))
-    .arg("-drive")
-    .arg(format!(
-        "if=none,id=disk,format=qcow2,file={}",
-        disk.display()
-    ))
-    .args(["-device", "nvme,drive=disk,serial=natron-root"])
-    .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
-    if firmware == Firmware::Uefi {
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).map_err(|e| {
+    let (binary, machine, firmware_files) = match (arch, firmware) {
+        (Arch::X86_64, Firmware::Uefi) => (
+            "qemu-system-x86_64",
+            ["-machine", "q35"],
+            Some((
+                "/usr/share/OVMF/OVMF_CODE.fd",
+                "/usr/share/OVMF/OVMF_VARS.fd",
+            )),
+        ),
+        (Arch::X86_64, Firmware::Bios) => ("qemu-system-x86_64", ["-machine", "q35"], None),
+        // Graviton boots UEFI only.
+        (Arch::Arm64, _) => (
+            "qemu-system-aarch64",
+            ["-machine", "virt,gic-version=max"],
+            Some((
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "/usr/share/AAVMF/AAVMF_VARS.fd",
+            )),
+        ),
+    };
+    let mut qemu = tokio::process::Command::new(binary);
+    qemu.args(machine)
+        .args(["-accel", "tcg", "-m", "1024", "-smp", "2"]);
+    let serial2 = dir.join("serial-ttyS0.log");
+    if arch == Arch::Arm64 {
+        // virt's own UART is ttyAMA0; Graviton's console, which the image
+        // names last (so /dev/console, where the journal goes), is ttyS0: a
+        // PCI 16550 gives the guest one.
+        qemu.args(["-cpu", "max"])
+            .arg("-chardev")
+            .arg(format!("file,id=ttys0,path={}", serial2.display()))
+            .args(["-device", "pci-serial,chardev=ttys0"]);
+    }
+    qemu.args(["-display", "none", "-no-reboot", "-nodefaults"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=disk,format=qcow2,file={}",
+            disk.display()
+        ))
+        .args(["-device", "nvme,drive=disk,serial=natron-root"])
+        .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
+    if let Some((code, vars_template)) = firmware_files {
+        let vars = dir.join("VARS.fd");
+        std::fs::copy(vars_template, &vars).map_err(|e| {
             LabError::Setup(format!(
-                "/usr/share/OVMF/OVMF_VARS.fd: {e} (apt install ovmf)"
+                "{vars_template}: {e} (apt install ovmf qemu-efi-aarch64)"
             ))
         })?;
         qemu.arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+            ))
             .arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=1,file={}",
@@ -241,7 +293,7 @@ pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Re
     let started = Instant::now();
     let mut child = qemu
         .spawn()
-        .map_err(|e| LabError::Setup(format!("qemu-system-x86_64: {e}")))?;
+        .map_err(|e| LabError::Setup(format!("{binary}: {e}")))?;
 
     let http = |path: &'static str| async move {
         let get = natron_agent::probe::http_get("127.0.0.1", agent_port, path);
@@ -352,7 +404,8 @@ pub async fn run(image: &Path, firmware: Firmware, bound: Duration) -> Result<Re
             .is_some_and(|t| t.contains(&instance) || t.contains(&eni)),
         format!("route table {table} claimed: 0.0.0.0/0 → {target:?}"),
     );
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let log = std::fs::read_to_string(&serial).unwrap_or_default()
+        + &std::fs::read_to_string(&serial2).unwrap_or_default();
     expect(
         log.contains("Started natron-agent.service")
             || log.contains("Started natron NAT instance agent"),

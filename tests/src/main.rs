@@ -36,7 +36,10 @@ enum Command {
     BootTest {
         #[arg(long)]
         image: std::path::PathBuf,
-        /// uefi or bios.
+        /// x86_64 or arm64.
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
+        /// uefi or bios (arm64: uefi only).
         #[arg(long, default_value = "uefi")]
         firmware: String,
         /// Longest time from power-on to the agent being ready.
@@ -54,18 +57,21 @@ fn main() -> anyhow::Result<()> {
         } => bench::run(runs, partition_secs),
         Command::BootTest {
             image,
+            arch,
             firmware,
             bound_secs,
         } => {
+            let arch = natron_lab::boot::Arch::parse(&arch).map_err(anyhow::Error::msg)?;
             let firmware =
                 natron_lab::boot::Firmware::parse(&firmware).map_err(anyhow::Error::msg)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(natron_lab::boot::run(
                 &image,
+                arch,
                 firmware,
                 Duration::from_secs(bound_secs),
             ))?;
-            println!("boot test ({firmware:?}): {}", image.display());
+            println!("boot test ({arch:?}, {firmware:?}): {}", image.display());
             for c in &report.checks {
                 println!("  {c}");
             }

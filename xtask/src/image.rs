@@ -27,6 +27,14 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 /// From bookworm-backports: mkosi 14 in bookworm cannot build offline.
 const BACKPORTS_PACKAGES: &[&str] = &["mkosi", "systemd-boot", "python3-pefile", "qemu-system-x86"];
+/// For arm64: foreign-architecture maintainer scripts (binfmt), the boot
+/// test's firmware and emulator.
+const ARM64_PACKAGES: &[&str] = &["qemu-user-static", "qemu-efi-aarch64"];
+const ARM64_BACKPORTS_PACKAGES: &[&str] = &["qemu-system-arm"];
+/// The C cross compiler for the aarch64 agent (aws-lc-sys): zig, from PyPI,
+/// driven by cargo-zigbuild, both pinned.
+const ZIG_VERSION: &str = "0.13.0";
+const ZIGBUILD_VERSION: &str = "0.24.1";
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/natron-backports.sources";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,13 +81,6 @@ pub fn image_path(arch: Arch) -> PathBuf {
 }
 
 pub fn prerequisites(arch: Arch) -> Result<(), String> {
-    if arch == Arch::Arm64 {
-        return Err(
-            "arm64 images are not built yet: the agent needs an aarch64 musl C cross compiler \
-             for aws-lc-sys, and the build qemu-user binfmt (docs/image.md)"
-                .into(),
-        );
-    }
     if !Path::new(BACKPORTS_SOURCE).exists() {
         std::fs::write(
             BACKPORTS_SOURCE,
@@ -89,13 +90,19 @@ pub fn prerequisites(arch: Arch) -> Result<(), String> {
         .map_err(|e| format!("{BACKPORTS_SOURCE}: {e}"))?;
         run(Command::new("apt-get").args(["update", "-qq"]))?;
     }
+    let (extra, extra_bpo): (&[&str], &[&str]) = match arch {
+        Arch::X86_64 => (&[], &[]),
+        Arch::Arm64 => (ARM64_PACKAGES, ARM64_BACKPORTS_PACKAGES),
+    };
     let missing: Vec<&str> = BUILD_PACKAGES
         .iter()
+        .chain(extra)
         .copied()
         .filter(|p| !installed(p))
         .collect();
     let missing_bpo: Vec<&str> = BACKPORTS_PACKAGES
         .iter()
+        .chain(extra_bpo)
         .copied()
         .filter(|p| !installed(p))
         .collect();
@@ -121,6 +128,74 @@ pub fn prerequisites(arch: Arch) -> Result<(), String> {
     if !String::from_utf8_lossy(&targets.stdout).contains(arch.rust_target()) {
         run(Command::new("rustup").args(["target", "add", arch.rust_target()]))?;
     }
+    if arch == Arch::Arm64 {
+        register_binfmt()?;
+        zig()?;
+    }
+    Ok(())
+}
+
+/// PID 1 here is not systemd: register qemu-user for aarch64 by hand.
+fn register_binfmt() -> Result<(), String> {
+    let dir = Path::new("/proc/sys/fs/binfmt_misc");
+    if !dir.join("register").exists() {
+        run(Command::new("mount")
+            .args(["-t", "binfmt_misc", "binfmt_misc"])
+            .arg(dir))?;
+    }
+    if !dir.join("qemu-aarch64").exists() {
+        let rule = std::fs::read("/usr/lib/binfmt.d/qemu-aarch64.conf")
+            .map_err(|e| format!("/usr/lib/binfmt.d/qemu-aarch64.conf: {e}"))?;
+        std::fs::write(dir.join("register"), rule)
+            .map_err(|e| format!("{}: {e}", dir.join("register").display()))?;
+    }
+    Ok(())
+}
+
+fn cache() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/natron")
+}
+
+/// zig in a venv with a `zig` wrapper in ~/.cache/natron/bin, and
+/// cargo-zigbuild.
+fn zig() -> Result<(), String> {
+    let venv = cache().join(format!("venv-zig-{ZIG_VERSION}"));
+    if !venv.join("bin/python").exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("ziglang=={ZIG_VERSION}")))?;
+    }
+    let bin = cache().join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let wrapper = bin.join("zig");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} -m ziglang \"$@\"\n",
+            venv.join("bin/python").display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", wrapper.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", wrapper.display()))?;
+    let have = Command::new("cargo-zigbuild")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(ZIGBUILD_VERSION))
+        .unwrap_or(false);
+    if !have {
+        run(crate::cargo().args([
+            "install",
+            "--locked",
+            "--quiet",
+            "cargo-zigbuild",
+            "--version",
+            ZIGBUILD_VERSION,
+        ]))?;
+    }
     Ok(())
 }
 
@@ -129,8 +204,19 @@ pub fn build(arch: Arch) -> Result<PathBuf, String> {
     prerequisites(arch)?;
     let start = Instant::now();
     // The agent, static: the image carries no Rust runtime dependencies.
-    run(crate::cargo().args([
-        "build",
+    let mut build = crate::cargo();
+    match arch {
+        Arch::X86_64 => build.arg("build"),
+        Arch::Arm64 => {
+            let path = format!(
+                "{}:{}",
+                cache().join("bin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            build.env("PATH", path).arg("zigbuild")
+        }
+    };
+    run(build.args([
         "--release",
         "--quiet",
         "--target",

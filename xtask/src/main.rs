@@ -4,8 +4,9 @@
 //!
 //!   cargo xtask setup   apt packages and the pinned EC2 emulator venv
 //!   cargo xtask demo    setup, build, run the lab demo
-//!   cargo xtask test    setup, build, run every test, build the image and
-//!                       boot it (UEFI and BIOS) under QEMU (what CI runs)
+//!   cargo xtask test    setup, build, run every test, build the images and
+//!                       boot them under QEMU: x86_64 UEFI and BIOS, arm64
+//!                       UEFI (what CI runs)
 //!   cargo xtask bench   setup, build, print the failover figures
 //!   cargo xtask image --arch x86_64   the disk image (image/), into target/image/
 
@@ -159,19 +160,29 @@ fn test(extra: &[String]) -> Result<(), String> {
         }
     }
     let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
-    // The image: built, then booted under QEMU with each firmware.
-    let boots: Result<Vec<bool>, String> = image::build(image::Arch::X86_64).map(|img| {
-        ["uefi", "bios"]
-            .iter()
-            .map(|firmware| {
-                run(Command::new(root().join("target/debug/natron-lab"))
-                    .args(["boot-test", "--image"])
-                    .arg(&img)
-                    .args(["--firmware", firmware]))
-                .is_ok()
-            })
-            .collect()
-    });
+    // The images: built, then booted under QEMU (x86_64 with each
+    // firmware, arm64 with UEFI as on Graviton).
+    let mut boots: Result<Vec<bool>, String> = Ok(Vec::new());
+    for (arch, firmwares) in [
+        (image::Arch::X86_64, &["uefi", "bios"][..]),
+        (image::Arch::Arm64, &["uefi"][..]),
+    ] {
+        let Ok(results) = &mut boots else { break };
+        match image::build(arch) {
+            Ok(img) => {
+                for firmware in firmwares {
+                    results.push(
+                        run(Command::new(root().join("target/debug/natron-lab"))
+                            .args(["boot-test", "--arch", arch.name(), "--image"])
+                            .arg(&img)
+                            .args(["--firmware", firmware]))
+                        .is_ok(),
+                    );
+                }
+            }
+            Err(e) => boots = Err(e),
+        }
+    }
     match &boots {
         Ok(results) => {
             for ok in results {
