@@ -913,6 +913,7 @@ async fn image_publish_uploads_the_non_zero_blocks_and_registers() {
             "x86_64",
             "--regions",
             "us-west-2",
+            "--public",
         ],
     )
     .await;
@@ -981,5 +982,6 @@ async fn image_publish_uploads_the_non_zero_blocks_and_registers() {
         "{ids:?}"
     );
     assert_eq!(published["copies"][0][0], "us-west-2");
+    assert!(out.stdout.contains("is public"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
