@@ -32,6 +32,15 @@ impl CloudError {
             .is_some_and(|c| c.contains("NotFound") || c == "NoSuchEntity")
     }
 
+    /// An answer without the resource, where the API gives no error code
+    /// (an empty list): it counts as not found like an API NotFound.
+    fn not_found(operation: &'static str, resource: &str, message: &str) -> CloudError {
+        CloudError {
+            code: Some("NotFound".into()),
+            ..CloudError::new(operation, resource, message)
+        }
+    }
+
     fn new(operation: &'static str, resource: &str, message: impl Into<String>) -> CloudError {
         CloudError {
             operation,
@@ -566,7 +575,7 @@ impl Cloud for Aws {
         let vpc = vpcs
             .vpcs()
             .first()
-            .ok_or_else(|| CloudError::new("DescribeVpcs", vpc_id, "not found"))?;
+            .ok_or_else(|| CloudError::not_found("DescribeVpcs", vpc_id, "no such VPC"))?;
         let mut vpc_cidrs: Vec<ipnet::Ipv4Net> = vpc
             .cidr_block_association_set()
             .iter()
@@ -816,7 +825,7 @@ impl Cloud for Aws {
         images.sort_by_key(|i| i.creation_date().unwrap_or_default().to_string());
         let image = images
             .last()
-            .ok_or_else(|| CloudError::new("DescribeImages", &what, "no such image"))?;
+            .ok_or_else(|| CloudError::not_found("DescribeImages", &what, "no such image"))?;
         Ok(Image {
             id: image.image_id().unwrap_or_default().to_string(),
             name: image.name().unwrap_or_default().to_string(),

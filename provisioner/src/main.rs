@@ -310,7 +310,7 @@ async fn inventory(cloud: &Aws, g: &Group) -> anyhow::Result<natron::model::Inve
 
 /// An unknown VPC or image is bad input; other API errors are failures.
 fn input_if_missing(e: CloudError, what: &str) -> anyhow::Error {
-    if e.is_not_found() || e.message == "not found" || e.message == "no such image" {
+    if e.is_not_found() {
         BadInput(format!("{what}: {e}")).into()
     } else {
         e.into()

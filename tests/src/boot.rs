@@ -73,13 +73,6 @@ fn user_data() -> String {
     )
 }
 
-fn free_port() -> Result<u16, LabError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| LabError::Setup(format!("no free port on 127.0.0.1: {e}")))
-}
-
 fn err(what: &str, e: impl std::fmt::Display) -> LabError {
     LabError::Emulator(format!("{what}: {e}"))
 }
@@ -188,7 +181,7 @@ pub async fn run(
         .next()
         .and_then(|p| p.parse::<u16>().ok())
         .ok_or_else(|| LabError::Setup(format!("emulator endpoint {}", emu.endpoint)))?;
-    let agent_port = free_port()?;
+    let agent_port = crate::emulator::free_port()?;
 
     let dir = std::env::temp_dir().join(format!("natron-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| LabError::Setup(e.to_string()))?;

@@ -60,10 +60,7 @@ pub struct Loopback {
 
 impl Loopback {
     pub async fn start() -> Result<Loopback, LabError> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| LabError::Setup(format!("no free port on 127.0.0.1: {e}")))?
-            .port();
+        let port = free_port()?;
         let dir = TempDir::new("moto")?;
         let log = dir.path.join("moto.log");
         let env = vec![(
@@ -117,6 +114,14 @@ impl Drop for Loopback {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A port nobody listens on at 127.0.0.1 right now.
+pub fn free_port() -> Result<u16, LabError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| LabError::Setup(format!("no free port on 127.0.0.1: {e}")))
 }
 
 /// A temporary directory removed when dropped.

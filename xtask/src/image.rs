@@ -88,7 +88,6 @@ pub fn prerequisites(arch: Arch) -> Result<(), String> {
              Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
         )
         .map_err(|e| format!("{BACKPORTS_SOURCE}: {e}"))?;
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
     }
     let (extra, extra_bpo): (&[&str], &[&str]) = match arch {
         Arch::X86_64 => (&[], &[]),
