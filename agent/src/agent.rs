@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tracing::{error, info, warn};
 
+use crate::address::{self, Step};
 use crate::config::{parse_port_range, Config};
 use crate::coordinator::{self, Coordinator};
-use crate::ec2::{Ec2, GroupInstance};
+use crate::ec2::{Ec2, Ec2Error, GroupInstance};
 use crate::identity::{read_identity_with_retries, Identity, Metadata, GROUP_TAG};
 use crate::kernel::{self, Outcome, Sysctl};
 use crate::lifecycle;
@@ -27,7 +28,7 @@ use crate::notify;
 use crate::peers::Watch;
 use crate::probe::{self, RiseFall};
 use crate::ruleset::{self, RulesetSpec};
-use crate::state::{area, Shared};
+use crate::state::{area, ElasticIp, Shared};
 
 /// Switches for tests; none is reachable from the configuration file.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +68,10 @@ pub struct Agent {
 /// How often a verified-disabled source/dest check is read again: someone
 /// may turn it back on, which silently blackholes forwarded traffic.
 const SOURCE_DEST_RECHECK: Duration = Duration::from_secs(60);
+/// How often the AZ's Elastic IP is looked at once settled (on this
+/// instance, or none tagged), and while it is not.
+const ELASTIC_IP_RECHECK: Duration = Duration::from_secs(60);
+const ELASTIC_IP_RETRY: Duration = Duration::from_secs(10);
 
 impl Agent {
     /// Runs until `shutdown` resolves, then hands the route tables this
@@ -132,6 +137,7 @@ impl Agent {
             _ = terminating => {
                 info!("auto scaling is terminating this instance: handing its route tables to peers now");
                 coordinator.handoff().await;
+                self.release_elastic_ip(ec2.as_ref(), &resolved).await;
                 // Draining (503) until the instance shuts down: a peer must
                 // not hand the tables back, nor this agent claim them.
                 shutdown.await;
@@ -232,6 +238,7 @@ impl Agent {
         let mut installed = false;
         let mut notified_ready = false;
         let mut sdc_checked: Option<Instant> = None;
+        let mut eip_next = Instant::now();
         let mut tick = tokio::time::interval(self.config.nat.reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -252,6 +259,9 @@ impl Agent {
                 } else {
                     sdc_checked = None;
                 }
+            }
+            if Instant::now() >= eip_next {
+                eip_next = Instant::now() + self.reconcile_elastic_ip(ec2, r).await;
             }
             let status = self.shared.snapshot();
             if status.dataplane_ready() && !notified_ready {
@@ -344,6 +354,102 @@ impl Agent {
                     .insert(area::SYSCTL, required_failures.join("; "));
             }
         });
+    }
+
+    /// Puts this AZ's Elastic IP on this instance (see `address`). Not a
+    /// readiness gate: without it the NAT still egresses, from its own
+    /// public IP. Runs before the first route claim in practice, as egress
+    /// has to be proven first. Returns when to look again.
+    async fn reconcile_elastic_ip(&self, ec2: &dyn Ec2, r: &Resolved) -> Duration {
+        let me = r.identity.instance_id.as_str();
+        let result = async {
+            let tagged = ec2
+                .az_addresses(&r.group, &r.identity.availability_zone)
+                .await?;
+            // The group is only needed to tell a live sibling from a leftover.
+            let group = if address::held_by_other(&tagged, me) {
+                ec2.group_instances(&r.identity.vpc_id, &r.group).await?
+            } else {
+                Vec::new()
+            };
+            let step = address::decide(&tagged, me, &group);
+            if let Step::Associate(a) = &step {
+                info!(
+                    allocation = %a.allocation_id,
+                    public_ip = %a.public_ip,
+                    previous_holder = a.instance_id.as_deref().unwrap_or("none"),
+                    "associating this AZ's Elastic IP with this instance"
+                );
+                ec2.associate_address(&a.allocation_id, me).await?;
+                // Read back, as for every write.
+                let again = ec2
+                    .az_addresses(&r.group, &r.identity.availability_zone)
+                    .await?;
+                if let held @ Step::Held(_) = address::decide(&again, me, &[]) {
+                    return Ok(held);
+                }
+            }
+            Ok::<Step, Ec2Error>(step)
+        }
+        .await;
+        let (elastic_ip, next) = match result {
+            Ok(Step::NoAddress) => (None, ELASTIC_IP_RECHECK),
+            Ok(Step::Held(a)) => (Some(ElasticIp::of(&a, "associated")), ELASTIC_IP_RECHECK),
+            // Not on this instance when read back: look again soon.
+            Ok(Step::Associate(a)) => (Some(ElasticIp::of(&a, "associating")), ELASTIC_IP_RETRY),
+            Ok(Step::Wait { address, holder }) => {
+                let state =
+                    format!("held by running NAT {holder}; taken when it releases it or stops");
+                (Some(ElasticIp::of(&address, &state)), ELASTIC_IP_RETRY)
+            }
+            Err(e) => {
+                self.shared.metrics.ec2_errors.inc();
+                warn!(error = %e, "cannot reconcile this AZ's Elastic IP");
+                let state = format!("error: {e}");
+                let previous = self.shared.snapshot().dataplane.elastic_ip;
+                let kept = match previous {
+                    Some(p) => ElasticIp { state, ..p },
+                    None => ElasticIp {
+                        allocation_id: None,
+                        public_ip: None,
+                        state,
+                    },
+                };
+                (Some(kept), ELASTIC_IP_RETRY)
+            }
+        };
+        let held = elastic_ip.as_ref().is_some_and(|e| e.state == "associated");
+        self.shared.metrics.elastic_ip_held.set(i64::from(held));
+        self.shared.update(|s| {
+            if s.dataplane.elastic_ip != elastic_ip {
+                if let Some(e) = &elastic_ip {
+                    info!(state = %e.state, allocation = ?e.allocation_id, "Elastic IP");
+                }
+            }
+            s.dataplane.elastic_ip = elastic_ip;
+        });
+        next
+    }
+
+    /// On a planned termination: frees this AZ's Elastic IP for the
+    /// replacement NAT, which may be booting already.
+    async fn release_elastic_ip(&self, ec2: &dyn Ec2, r: &Resolved) {
+        let me = r.identity.instance_id.as_str();
+        let released = async {
+            let tagged = ec2
+                .az_addresses(&r.group, &r.identity.availability_zone)
+                .await?;
+            for a in tagged.iter().filter(|a| a.instance_id.as_deref() == Some(me)) {
+                ec2.disassociate_address(a).await?;
+                info!(allocation = %a.allocation_id, public_ip = %a.public_ip, "released this AZ's Elastic IP for the replacement NAT");
+            }
+            Ok::<(), Ec2Error>(())
+        }
+        .await;
+        if let Err(e) = released {
+            self.shared.metrics.ec2_errors.inc();
+            warn!(error = %e, "cannot release this AZ's Elastic IP; the replacement takes it once this instance stops");
+        }
     }
 
     /// Returns true once the check is verified off (read back from EC2).

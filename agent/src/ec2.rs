@@ -11,6 +11,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
 use serde::Serialize;
 
+use crate::address::Address;
 use crate::error_chain;
 
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
@@ -119,6 +120,15 @@ pub trait Ec2: Send + Sync {
         table_id: &str,
         interface_id: &str,
     ) -> Result<(), Ec2Error>;
+    /// Elastic IPs tagged `natron:group=<group>` and `natron:az=<az>`.
+    async fn az_addresses(&self, group: &str, az: &str) -> Result<Vec<Address>, Ec2Error>;
+    /// Associates the address with the instance, taking it from any holder.
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance_id: &str,
+    ) -> Result<(), Ec2Error>;
+    async fn disassociate_address(&self, address: &Address) -> Result<(), Ec2Error>;
 }
 
 /// Calls `op` up to `attempts` times while it fails with a retryable error,
@@ -221,6 +231,17 @@ fn parse_route_table(rt: &aws_sdk_ec2::types::RouteTable) -> RouteTable {
             .and_then(|t| t.value())
             .map(str::to_string),
         default_route,
+    }
+}
+
+fn parse_address(a: &aws_sdk_ec2::types::Address) -> Address {
+    // The emulator reports an unassociated address with empty strings.
+    let some = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
+    Address {
+        allocation_id: a.allocation_id().unwrap_or_default().to_string(),
+        public_ip: a.public_ip().unwrap_or_default().to_string(),
+        association_id: some(a.association_id()),
+        instance_id: some(a.instance_id()),
     }
 }
 
@@ -496,6 +517,70 @@ impl Ec2 for AwsEc2 {
         })
         .await
     }
+
+    async fn az_addresses(&self, group: &str, az: &str) -> Result<Vec<Address>, Ec2Error> {
+        let (group_tag, az_tag) = (crate::identity::GROUP_TAG, crate::identity::AZ_TAG);
+        let resource = format!("tagged {group_tag}={group},{az_tag}={az}");
+        self.retry(|| async {
+            let out = self
+                .client
+                .describe_addresses()
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{group_tag}"))
+                        .values(group)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{az_tag}"))
+                        .values(az)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| classify("DescribeAddresses", &resource, e))?;
+            Ok(out.addresses().iter().map(parse_address).collect())
+        })
+        .await
+    }
+
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance_id: &str,
+    ) -> Result<(), Ec2Error> {
+        let resource = format!("{allocation_id} with {instance_id}");
+        self.retry(|| async {
+            self.client
+                .associate_address()
+                .allocation_id(allocation_id)
+                .instance_id(instance_id)
+                .allow_reassociation(true)
+                .send()
+                .await
+                .map_err(|e| classify("AssociateAddress", &resource, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn disassociate_address(&self, address: &Address) -> Result<(), Ec2Error> {
+        let Some(association) = address.association_id.as_deref() else {
+            return Ok(());
+        };
+        let resource = format!("{} ({association})", address.allocation_id);
+        self.retry(|| async {
+            self.client
+                .disassociate_address()
+                .association_id(association)
+                .send()
+                .await
+                .map_err(|e| classify("DisassociateAddress", &resource, e))?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -513,6 +598,7 @@ pub mod fake {
         pub instances: Mutex<Vec<GroupInstance>>,
         /// `natron:az` tag per table id.
         pub table_az: Mutex<BTreeMap<String, String>>,
+        pub addresses: Mutex<Vec<Address>>,
         pub fail_next: Mutex<Vec<Ec2Error>>,
         pub calls: Mutex<Vec<String>>,
     }
@@ -610,6 +696,34 @@ pub mod fake {
             let mut calls = self.calls.lock().unwrap();
             let last = calls.len() - 1;
             calls[last] = format!("ReplaceRoute {table_id} {eni}");
+            Ok(())
+        }
+        async fn az_addresses(&self, _group: &str, _az: &str) -> Result<Vec<Address>, Ec2Error> {
+            self.call("DescribeAddresses".into())?;
+            Ok(self.addresses.lock().unwrap().clone())
+        }
+        async fn associate_address(
+            &self,
+            allocation: &str,
+            instance: &str,
+        ) -> Result<(), Ec2Error> {
+            self.call(format!("AssociateAddress {allocation} {instance}"))?;
+            for a in self.addresses.lock().unwrap().iter_mut() {
+                if a.allocation_id == allocation {
+                    a.instance_id = Some(instance.into());
+                    a.association_id = Some(format!("eipassoc-{instance}"));
+                }
+            }
+            Ok(())
+        }
+        async fn disassociate_address(&self, address: &Address) -> Result<(), Ec2Error> {
+            self.call(format!("DisassociateAddress {}", address.allocation_id))?;
+            for a in self.addresses.lock().unwrap().iter_mut() {
+                if a.allocation_id == address.allocation_id {
+                    a.instance_id = None;
+                    a.association_id = None;
+                }
+            }
             Ok(())
         }
     }

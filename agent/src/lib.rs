@@ -10,6 +10,7 @@
 //! `http`, `notify` and `logging` report. Only `exec` spawns processes.
 //! See ARCHITECTURE.md for the data flow and the invariants.
 
+pub mod address;
 pub mod agent;
 pub mod config;
 pub mod coordinator;

@@ -41,6 +41,29 @@ pub struct DataPlane {
     pub drift_repairs: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_repair: Option<String>,
+    /// This AZ's Elastic IP; None when no address is tagged for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elastic_ip: Option<ElasticIp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ElasticIp {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    /// associated, associating, held by another running NAT, or the error.
+    pub state: String,
+}
+
+impl ElasticIp {
+    pub fn of(a: &crate::address::Address, state: &str) -> ElasticIp {
+        ElasticIp {
+            allocation_id: Some(a.allocation_id.clone()),
+            public_ip: Some(a.public_ip.clone()),
+            state: state.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -139,6 +162,7 @@ pub struct Metrics {
     pub peer_ready: Family<Labels, Gauge>,
     pub drift_repairs: Counter,
     pub ec2_errors: Counter,
+    pub elastic_ip_held: Gauge,
     /// Last kernel counter readings, to turn them into monotonic counters
     /// across table replacements (which reset the kernel's).
     last_kernel: Mutex<BTreeMap<String, (u64, u64)>>,
@@ -176,6 +200,7 @@ impl Metrics {
             peer_ready: Family::default(),
             drift_repairs: Counter::default(),
             ec2_errors: Counter::default(),
+            elastic_ip_held: Gauge::default(),
             last_kernel: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -244,6 +269,11 @@ impl Metrics {
             "ec2_errors",
             "EC2 calls that failed after retries",
             m.ec2_errors.clone(),
+        );
+        registry.register(
+            "elastic_ip_associated",
+            "1 while this AZ's Elastic IP is on this instance",
+            m.elastic_ip_held.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -229,8 +229,9 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Associates each AZ's Elastic IP with the AZ's running NAT (a
-    /// replaced NAT gets it on the next `apply`).
+    /// Associates each AZ's Elastic IP with the AZ's running NAT, so it
+    /// holds when `apply` returns. The agents do the same at boot, so a
+    /// replaced NAT gets its AZ's address back without an `apply`.
     async fn give_addresses(&self, inv: &Inventory) -> Result<Vec<String>, CloudError> {
         let mut done = Vec::new();
         for address in &inv.addresses {

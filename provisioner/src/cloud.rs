@@ -495,6 +495,8 @@ impl Aws {
             .user_data(base64::engine::general_purpose::STANDARD.encode(&launch.user_data))
             .tag_specifications(tags(ec2t::ResourceType::Instance))
             .tag_specifications(tags(ec2t::ResourceType::Volume))
+            // AssociateAddress is authorized on the ENI too (agent policy).
+            .tag_specifications(tags(ec2t::ResourceType::NetworkInterface))
             .build()
     }
 

@@ -27,7 +27,11 @@ pub fn agent_policy(group: &str, partition: &str) -> Value {
             {
                 "Sid": "ReadGroupState",
                 "Effect": "Allow",
-                "Action": ["ec2:DescribeInstances", "ec2:DescribeRouteTables"],
+                "Action": [
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeRouteTables",
+                    "ec2:DescribeAddresses"
+                ],
                 "Resource": "*"
             },
             {
@@ -52,6 +56,18 @@ pub fn agent_policy(group: &str, partition: &str) -> Value {
                 "Effect": "Allow",
                 "Action": ["ec2:CreateRoute", "ec2:ReplaceRoute"],
                 "Resource": format!("arn:{partition}:ec2:*:*:route-table/*"),
+                "Condition": tagged
+            },
+            {
+                // The AZ's Elastic IP follows its NAT (agent/src/address.rs).
+                "Sid": "MoveGroupElasticIpsBetweenGroupInstances",
+                "Effect": "Allow",
+                "Action": ["ec2:AssociateAddress", "ec2:DisassociateAddress"],
+                "Resource": [
+                    format!("arn:{partition}:ec2:*:*:elastic-ip/*"),
+                    format!("arn:{partition}:ec2:*:*:instance/*"),
+                    format!("arn:{partition}:ec2:*:*:network-interface/*")
+                ],
                 "Condition": tagged
             }
         ]
@@ -102,10 +118,13 @@ mod tests {
                 statement["Condition"]["StringEquals"]["ec2:ResourceTag/natron:group"], "g",
                 "{statement}"
             );
-            assert!(statement["Resource"]
-                .as_str()
-                .unwrap()
-                .starts_with("arn:aws:ec2:"));
+            let resources = match &statement["Resource"] {
+                Value::Array(list) => list.clone(),
+                one => vec![one.clone()],
+            };
+            for r in resources {
+                assert!(r.as_str().unwrap().starts_with("arn:aws:ec2:"), "{r}");
+            }
         }
         assert_eq!(partition("cn-north-1"), "aws-cn");
     }

@@ -500,6 +500,17 @@ impl Lab {
         })
     }
 
+    /// The instance holding AZ `az`'s Elastic IP, per the emulator.
+    pub fn elastic_ip_holder(&self, az: usize) -> Option<String> {
+        let ip = self.spec.azs[az].eip.to_string();
+        self.ec2(|ec2| async move {
+            let out = ec2.describe_addresses().public_ips(ip).send().await.ok()?;
+            // The emulator says "" for an address on no instance.
+            let holder = out.addresses().first()?.instance_id()?;
+            (!holder.is_empty()).then(|| holder.to_string())
+        })
+    }
+
     /// Where route table `table`'s default route points, per the emulator.
     pub fn default_route_of(&self, table: &str) -> Option<vpc::Target> {
         let (vpc_id, table) = (self.vpc_id.clone(), table.to_string());
@@ -1082,19 +1093,18 @@ async fn provision(ec2: &aws_sdk_ec2::Client, spec: &LabSpec) -> Result<Provisio
             ],
         )
         .await?;
-        let eip = ec2
-            .allocate_address()
+        // Tagged as `natron apply --elastic-ip` does, and left free: the
+        // agent of the AZ associates it (agent/src/address.rs).
+        ec2.allocate_address()
             .domain(aws_sdk_ec2::types::DomainType::Vpc)
             .address(az.eip.to_string())
+            .tag_specifications(tags(
+                ResourceType::ElasticIp,
+                &[("natron:group", &spec.group), ("natron:az", &az.name)],
+            ))
             .send()
             .await
             .map_err(emu("AllocateAddress"))?;
-        ec2.associate_address()
-            .allocation_id(eip.allocation_id().unwrap_or_default())
-            .instance_id(&nat.instance_id)
-            .send()
-            .await
-            .map_err(emu("AssociateAddress"))?;
         out.nats.push(nat);
         out.clients.push(
             launch(

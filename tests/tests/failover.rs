@@ -161,6 +161,13 @@ fn auto_scaling_termination_hands_routes_over_while_the_nat_still_runs() {
         log.contains("auto scaling is terminating this instance") && log.contains("kind=Handoff"),
         "{log}"
     );
+    // Its Elastic IP is free for the replacement; AZ b's stays put.
+    assert_eq!(s.lab.elastic_ip_holder(0), None, "{log}");
+    assert!(log.contains("released this AZ's Elastic IP"), "{log}");
+    assert_eq!(
+        s.lab.elastic_ip_holder(1).as_deref(),
+        Some(s.lab.nats[1].instance_id.as_str())
+    );
 }
 
 #[test]

@@ -98,6 +98,17 @@ fn client_reaches_the_internet_only_through_the_agent() {
         seen.starts_with(&format!("{eip}:")),
         "server saw {seen:?}, expected the NAT's Elastic IP {eip}"
     );
+    // The lab leaves the tagged address free: the agent took it.
+    assert_eq!(
+        lab.elastic_ip_holder(0).as_deref(),
+        Some(lab.nats[0].instance_id.as_str())
+    );
+    let status = lab.agent_status(0).unwrap();
+    assert_eq!(
+        status["dataplane"]["elastic_ip"]["state"], "associated",
+        "{status}"
+    );
+    assert_eq!(metric(&lab, "natron_elastic_ip_associated"), 1.0);
 
     // Packets and bytes are counted (read by the agent each reconcile pass).
     for _ in 0..5 {
