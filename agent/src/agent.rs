@@ -28,7 +28,7 @@ use crate::notify;
 use crate::peers::Watch;
 use crate::probe::{self, RiseFall};
 use crate::ruleset::{self, RulesetSpec};
-use crate::state::{area, ElasticIp, Shared};
+use crate::state::{area, ConntrackStatus, ElasticIp, Shared};
 
 /// Switches for tests; none is reachable from the configuration file.
 #[derive(Debug, Clone, Default)]
@@ -239,6 +239,7 @@ impl Agent {
         let mut notified_ready = false;
         let mut sdc_checked: Option<Instant> = None;
         let mut eip_next = Instant::now();
+        let mut conntrack = ConntrackWatch::default();
         let mut tick = tokio::time::interval(self.config.nat.reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -246,10 +247,7 @@ impl Agent {
             self.reconcile_ruleset(&mut nft, &desired, &mut installed)
                 .await;
             self.reconcile_sysctls(&r.settings);
-            if let Some((count, max)) = kernel::conntrack_usage(self.edges.sysctl.as_ref()) {
-                self.shared.metrics.conntrack_entries.set(count as i64);
-                self.shared.metrics.conntrack_max.set(max as i64);
-            }
+            self.observe_conntrack(&mut conntrack);
             if sdc_checked.is_none_or(|t| t.elapsed() >= SOURCE_DEST_RECHECK) {
                 if self
                     .reconcile_source_dest_check(ec2, &r.identity.instance_id)
@@ -452,6 +450,67 @@ impl Agent {
         }
     }
 
+    /// Conntrack fill and drops: gauges, counters, /status, and warnings
+    /// when the table nears full or refuses flows. A full table costs new
+    /// flows, never the agent: nothing here fails.
+    fn observe_conntrack(&self, w: &mut ConntrackWatch) {
+        let sys = self.edges.sysctl.as_ref();
+        let Some((count, max)) = kernel::conntrack_usage(sys) else {
+            return;
+        };
+        let m = &self.shared.metrics;
+        m.conntrack_entries.set(count as i64);
+        m.conntrack_max.set(max as i64);
+        let drops = sys
+            .conntrack_stats()
+            .ok()
+            .and_then(|t| kernel::parse_conntrack_drops(&t));
+        if let Some(d) = drops {
+            // Kernel counters; a smaller reading cannot happen short of a
+            // reboot, but must not underflow.
+            let (new_drops, new_early) = match w.last {
+                Some(l) if d.drop >= l.drop && d.early_drop >= l.early_drop => {
+                    (d.drop - l.drop, d.early_drop - l.early_drop)
+                }
+                _ => (d.drop, d.early_drop),
+            };
+            m.conntrack_drops.inc_by(new_drops);
+            m.conntrack_early_drops.inc_by(new_early);
+            let quiet = w
+                .last_drop_warning
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+            if w.last.is_some() && new_drops > 0 && !quiet {
+                warn!(
+                    dropped = new_drops,
+                    entries = count,
+                    max,
+                    "conntrack table full: new flows are being dropped (raise conntrack.max or conntrack.memory_percent)"
+                );
+                w.last_drop_warning = Some(Instant::now());
+            }
+            w.last = Some(d);
+        }
+        let nearly_full = kernel::conntrack_nearly_full(count, max);
+        if nearly_full != w.nearly_full {
+            if nearly_full {
+                warn!(
+                    entries = count,
+                    max, "conntrack table at 90 % or more of its limit"
+                );
+            } else {
+                info!(entries = count, max, "conntrack table below 90 % again");
+            }
+            w.nearly_full = nearly_full;
+        }
+        let status = ConntrackStatus {
+            entries: count,
+            max,
+            drops: w.last.unwrap_or_default(),
+            nearly_full,
+        };
+        self.shared.update(|s| s.dataplane.conntrack = Some(status));
+    }
+
     /// Returns true once the check is verified off (read back from EC2).
     async fn reconcile_source_dest_check(&self, ec2: &dyn Ec2, instance: &str) -> bool {
         if self.options.skip_source_dest_check {
@@ -493,6 +552,14 @@ impl Agent {
         });
         ok
     }
+}
+
+/// What `observe_conntrack` remembers between ticks.
+#[derive(Default)]
+struct ConntrackWatch {
+    last: Option<kernel::ConntrackDrops>,
+    nearly_full: bool,
+    last_drop_warning: Option<Instant>,
 }
 
 /// Probes egress every interval and keeps the rise/fall state in `shared`.

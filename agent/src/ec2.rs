@@ -9,10 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 
 use crate::address::Address;
 use crate::error_chain;
+use crate::state::Labels;
 
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
 /// The tag an agent refreshes on its own instance to show it is alive.
@@ -277,11 +280,18 @@ fn parse_instance(i: &aws_sdk_ec2::types::Instance) -> GroupInstance {
 pub struct AwsEc2 {
     client: aws_sdk_ec2::Client,
     attempts: u32,
+    /// Requests sent, by operation (every attempt counts).
+    requests: Family<Labels, Counter>,
 }
 
 impl AwsEc2 {
     /// Uses the standard credential chain and `AWS_ENDPOINT_URL` when set.
-    pub async fn new(region: &str, attempts: u32, endpoint_url: Option<&str>) -> AwsEc2 {
+    pub async fn new(
+        region: &str,
+        attempts: u32,
+        endpoint_url: Option<&str>,
+        requests: Family<Labels, Counter>,
+    ) -> AwsEc2 {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
@@ -300,7 +310,17 @@ impl AwsEc2 {
         AwsEc2 {
             client: aws_sdk_ec2::Client::new(&config),
             attempts,
+            requests,
         }
+    }
+
+    /// The client, counting one request of `operation`: every call site
+    /// builds its request from here right before sending it.
+    fn request(&self, operation: &'static str) -> &aws_sdk_ec2::Client {
+        self.requests
+            .get_or_create(&vec![("operation".to_string(), operation.to_string())])
+            .inc();
+        &self.client
     }
 
     async fn retry<T, F, Fut>(&self, op: F) -> Result<T, Ec2Error>
@@ -317,7 +337,7 @@ impl Ec2 for AwsEc2 {
     async fn source_dest_check(&self, instance_id: &str) -> Result<bool, Ec2Error> {
         self.retry(|| async {
             let out = self
-                .client
+                .request("DescribeInstances")
                 .describe_instances()
                 .instance_ids(instance_id)
                 .send()
@@ -341,7 +361,7 @@ impl Ec2 for AwsEc2 {
 
     async fn disable_source_dest_check(&self, instance_id: &str) -> Result<(), Ec2Error> {
         self.retry(|| async {
-            self.client
+            self.request("ModifyInstanceAttribute")
                 .modify_instance_attribute()
                 .instance_id(instance_id)
                 .source_dest_check(AttributeBooleanValue::builder().value(false).build())
@@ -379,7 +399,7 @@ impl Ec2 for AwsEc2 {
             let mut token = None;
             loop {
                 let out = self
-                    .client
+                    .request("DescribeRouteTables")
                     .describe_route_tables()
                     .set_filters(Some(filters.clone()))
                     .set_next_token(token)
@@ -401,7 +421,7 @@ impl Ec2 for AwsEc2 {
     async fn route_table(&self, table_id: &str) -> Result<RouteTable, Ec2Error> {
         self.retry(|| async {
             let out = self
-                .client
+                .request("DescribeRouteTables")
                 .describe_route_tables()
                 .route_table_ids(table_id)
                 .send()
@@ -432,7 +452,7 @@ impl Ec2 for AwsEc2 {
             let mut token = None;
             loop {
                 let page = self
-                    .client
+                    .request("DescribeInstances")
                     .describe_instances()
                     .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
                     .filters(
@@ -465,7 +485,7 @@ impl Ec2 for AwsEc2 {
 
     async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), Ec2Error> {
         // One attempt: the next beat is the retry.
-        self.client
+        self.request("CreateTags")
             .create_tags()
             .resources(instance_id)
             .tags(
@@ -486,7 +506,7 @@ impl Ec2 for AwsEc2 {
         interface_id: &str,
     ) -> Result<(), Ec2Error> {
         self.retry(|| async {
-            self.client
+            self.request("CreateRoute")
                 .create_route()
                 .route_table_id(table_id)
                 .destination_cidr_block(DEFAULT_ROUTE)
@@ -505,7 +525,7 @@ impl Ec2 for AwsEc2 {
         interface_id: &str,
     ) -> Result<(), Ec2Error> {
         self.retry(|| async {
-            self.client
+            self.request("ReplaceRoute")
                 .replace_route()
                 .route_table_id(table_id)
                 .destination_cidr_block(DEFAULT_ROUTE)
@@ -523,7 +543,7 @@ impl Ec2 for AwsEc2 {
         let resource = format!("tagged {group_tag}={group},{az_tag}={az}");
         self.retry(|| async {
             let out = self
-                .client
+                .request("DescribeAddresses")
                 .describe_addresses()
                 .filters(
                     Filter::builder()
@@ -552,7 +572,7 @@ impl Ec2 for AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let resource = format!("{allocation_id} with {instance_id}");
         self.retry(|| async {
-            self.client
+            self.request("AssociateAddress")
                 .associate_address()
                 .allocation_id(allocation_id)
                 .instance_id(instance_id)
@@ -571,7 +591,7 @@ impl Ec2 for AwsEc2 {
         };
         let resource = format!("{} ({association})", address.allocation_id);
         self.retry(|| async {
-            self.client
+            self.request("DisassociateAddress")
                 .disassociate_address()
                 .association_id(association)
                 .send()

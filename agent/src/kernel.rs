@@ -2,7 +2,7 @@
 //! read-compare-write, plus the few /proc readings the agent uses (memory
 //! for conntrack sizing, the default route's interface, conntrack usage).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -71,10 +71,12 @@ pub fn conntrack_max_for_memory(memory_bytes: u64, percent: u8) -> u64 {
     (memory_bytes / 100 * u64::from(percent) / CONNTRACK_ENTRY_BYTES).clamp(16_384, 4_194_304)
 }
 
-/// The narrow edge to sysctls.
+/// The narrow edge to sysctls (and conntrack's statistics beside them).
 pub trait Sysctl: Send + Sync {
     fn read(&self, key: &str) -> std::io::Result<String>;
     fn write(&self, key: &str, value: &str) -> std::io::Result<()>;
+    /// /proc/net/stat/nf_conntrack, as text.
+    fn conntrack_stats(&self) -> std::io::Result<String>;
 }
 
 /// Sysctls through /proc/sys.
@@ -109,6 +111,10 @@ impl Sysctl for ProcSys {
     }
     fn write(&self, key: &str, value: &str) -> std::io::Result<()> {
         std::fs::write(self.path(key), value)
+    }
+    fn conntrack_stats(&self) -> std::io::Result<String> {
+        let proc = self.root.parent().unwrap_or(Path::new("/proc"));
+        std::fs::read_to_string(proc.join("net/stat/nf_conntrack"))
     }
 }
 
@@ -186,6 +192,38 @@ pub fn default_route_interface() -> Option<String> {
     parse_default_route_interface(&std::fs::read_to_string("/proc/net/route").ok()?)
 }
 
+/// Kernel counters of a full conntrack table, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConntrackDrops {
+    /// Packets dropped: no entry could be made for a new flow.
+    pub drop: u64,
+    /// Unconfirmed entries evicted to make room for new ones.
+    pub early_drop: u64,
+}
+
+/// Parses /proc/net/stat/nf_conntrack: a header of column names, then one
+/// line of hexadecimal counters per CPU.
+pub fn parse_conntrack_drops(text: &str) -> Option<ConntrackDrops> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let column = |name: &str| header.iter().position(|h| *h == name);
+    let (drop, early) = (column("drop")?, column("early_drop")?);
+    let mut sum = ConntrackDrops::default();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let values: Vec<&str> = line.split_whitespace().collect();
+        let hex = |i: usize| u64::from_str_radix(values.get(i)?, 16).ok();
+        sum.drop += hex(drop)?;
+        sum.early_drop += hex(early)?;
+    }
+    Some(sum)
+}
+
+/// Whether the table is full enough to warn: at 90 % new flows are close
+/// to being refused.
+pub fn conntrack_nearly_full(count: u64, max: u64) -> bool {
+    max > 0 && count * 10 >= max * 9
+}
+
 /// Conntrack entries in use and the table's limit, when conntrack is loaded.
 pub fn conntrack_usage(sys: &dyn Sysctl) -> Option<(u64, u64)> {
     let count = sys
@@ -223,6 +261,9 @@ pub mod fake {
                 .cloned()
                 .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
         }
+        fn conntrack_stats(&self) -> std::io::Result<String> {
+            self.read("stat:nf_conntrack")
+        }
         fn write(&self, key: &str, value: &str) -> std::io::Result<()> {
             if self.read_only.iter().any(|k| k == key) {
                 return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
@@ -238,6 +279,24 @@ pub mod fake {
 mod tests {
     use super::fake::FakeSysctl;
     use super::*;
+
+    #[test]
+    fn conntrack_drops_are_summed_over_cpus() {
+        let text = "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
+                    00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000003 0000000a 00000001 00000000  00000000 00000000 00000000 00000000\n\
+                    00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000006 00000000 00000000  00000000 00000000 00000000 00000000\n";
+        assert_eq!(
+            parse_conntrack_drops(text),
+            Some(ConntrackDrops {
+                drop: 16,
+                early_drop: 1
+            })
+        );
+        assert_eq!(parse_conntrack_drops("entries found\n1 2\n"), None);
+        assert!(!conntrack_nearly_full(89, 100));
+        assert!(conntrack_nearly_full(90, 100));
+        assert!(!conntrack_nearly_full(0, 0));
+    }
 
     #[test]
     fn read_compare_write() {

@@ -127,6 +127,7 @@ async fn run(config: Config, cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(watchdog(shared.clone()));
 
     let attempts = config.ec2.max_attempts;
+    let requests = shared.metrics.ec2_requests.clone();
     let endpoint = config.ec2.endpoint_url.clone();
     let agent = Agent {
         config,
@@ -141,8 +142,9 @@ async fn run(config: Config, cli: Cli) -> anyhow::Result<()> {
             ec2: Box::new(move |identity| {
                 let region = identity.region.clone();
                 let endpoint = endpoint.clone();
+                let requests = requests.clone();
                 Box::pin(async move {
-                    Arc::new(AwsEc2::new(&region, attempts, endpoint.as_deref()).await)
+                    Arc::new(AwsEc2::new(&region, attempts, endpoint.as_deref(), requests).await)
                         as Arc<dyn Ec2>
                 })
             }),

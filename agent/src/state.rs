@@ -41,9 +41,22 @@ pub struct DataPlane {
     pub drift_repairs: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_repair: Option<String>,
+    /// None until conntrack is loaded (the ruleset loads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackStatus>,
     /// This AZ's Elastic IP; None when no address is tagged for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elastic_ip: Option<ElasticIp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConntrackStatus {
+    pub entries: u64,
+    pub max: u64,
+    /// Kernel counters since boot.
+    pub drops: crate::kernel::ConntrackDrops,
+    /// At 90 % of `max` or more.
+    pub nearly_full: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -141,7 +154,7 @@ impl Status {
     }
 }
 
-type Labels = Vec<(String, String)>;
+pub type Labels = Vec<(String, String)>;
 
 pub struct Metrics {
     registry: Registry,
@@ -162,6 +175,9 @@ pub struct Metrics {
     pub peer_ready: Family<Labels, Gauge>,
     pub drift_repairs: Counter,
     pub ec2_errors: Counter,
+    pub ec2_requests: Family<Labels, Counter>,
+    pub conntrack_drops: Counter,
+    pub conntrack_early_drops: Counter,
     pub elastic_ip_held: Gauge,
     /// Last kernel counter readings, to turn them into monotonic counters
     /// across table replacements (which reset the kernel's).
@@ -200,6 +216,9 @@ impl Metrics {
             peer_ready: Family::default(),
             drift_repairs: Counter::default(),
             ec2_errors: Counter::default(),
+            ec2_requests: Family::default(),
+            conntrack_drops: Counter::default(),
+            conntrack_early_drops: Counter::default(),
             elastic_ip_held: Gauge::default(),
             last_kernel: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
@@ -269,6 +288,21 @@ impl Metrics {
             "ec2_errors",
             "EC2 calls that failed after retries",
             m.ec2_errors.clone(),
+        );
+        registry.register(
+            "ec2_requests",
+            "EC2 API requests sent, by operation (retries included)",
+            m.ec2_requests.clone(),
+        );
+        registry.register(
+            "conntrack_drops",
+            "Packets dropped because the conntrack table was full (kernel counter)",
+            m.conntrack_drops.clone(),
+        );
+        registry.register(
+            "conntrack_early_drops",
+            "Unconfirmed conntrack entries evicted to make room (kernel counter)",
+            m.conntrack_early_drops.clone(),
         );
         registry.register(
             "elastic_ip_associated",
