@@ -7,6 +7,7 @@
 //! of it. Nothing is created in, or sent to, the host's own network.
 
 pub mod boot;
+pub mod dataplane;
 pub mod emulator;
 pub mod exec;
 pub mod faults;
@@ -17,6 +18,7 @@ pub mod netns;
 pub mod prober;
 pub mod router;
 pub mod scenario;
+pub mod stats;
 pub mod vpc;
 
 #[derive(Debug, thiserror::Error)]

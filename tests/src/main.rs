@@ -23,14 +23,33 @@ struct Cli {
 enum Command {
     /// Two AZs: private clients reaching the internet through natron.
     Demo,
-    /// Failover figures: each failure repeated, p50/p99/max of the outage.
+    /// Benchmarks: data plane against the alternatives, footprint,
+    /// failover (issue 6). Prints markdown; `--write` updates BENCHMARKS.md.
     Bench {
         /// Repetitions of each failure.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20)]
         runs: usize,
         /// Length of the partition run.
         #[arg(long, default_value_t = 60)]
         partition_secs: u64,
+        /// Data-plane rounds (variants alternate within each).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per data-plane measurement.
+        #[arg(long, default_value_t = 3)]
+        secs: u32,
+        /// Length of the footprint soak at the fastest intervals.
+        #[arg(long, default_value_t = 120)]
+        soak_secs: u64,
+        /// Run one part only: dataplane, footprint or failover.
+        #[arg(long)]
+        only: Option<String>,
+        /// The static release agent, for its size.
+        #[arg(long)]
+        release_binary: Option<std::path::PathBuf>,
+        /// Replace the generated section of this file (BENCHMARKS.md).
+        #[arg(long)]
+        write: Option<std::path::PathBuf>,
     },
     /// Boot the disk image under QEMU and check the agent inside.
     BootTest {
@@ -54,7 +73,22 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             runs,
             partition_secs,
-        } => bench::run(runs, partition_secs),
+            rounds,
+            secs,
+            soak_secs,
+            only,
+            release_binary,
+            write,
+        } => bench::run(bench::Options {
+            runs,
+            partition_secs,
+            rounds,
+            secs,
+            soak_secs,
+            only,
+            release_binary,
+            write,
+        }),
         Command::BootTest {
             image,
             arch,

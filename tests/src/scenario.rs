@@ -14,9 +14,15 @@ pub struct TwoAzs {
 }
 
 impl TwoAzs {
+    /// With the lab's fast failover timings and `hold_down`.
     pub fn start(hold_down: Duration) -> Result<TwoAzs, String> {
+        TwoAzs::start_with(|lab| lab.failover_config(hold_down))
+    }
+
+    /// With the agent configuration `config` gives for the lab.
+    pub fn start_with(config: impl FnOnce(&Lab) -> String) -> Result<TwoAzs, String> {
         let lab = Lab::start(LabSpec::with_azs(2)).map_err(|e| e.to_string())?;
-        let config = lab.failover_config(hold_down);
+        let config = config(&lab);
         let agents = (0..2)
             .map(|az| lab.start_agent(az, &config, &[]))
             .collect::<Result<Vec<AgentId>, _>>()

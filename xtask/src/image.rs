@@ -198,11 +198,9 @@ fn zig() -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the image; returns its path.
-pub fn build(arch: Arch) -> Result<PathBuf, String> {
+/// The agent as the image carries it: static (musl), release, stripped.
+pub fn build_agent(arch: Arch) -> Result<PathBuf, String> {
     prerequisites(arch)?;
-    let start = Instant::now();
-    // The agent, static: the image carries no Rust runtime dependencies.
     let mut build = crate::cargo();
     match arch {
         Arch::X86_64 => build.arg("build"),
@@ -223,10 +221,16 @@ pub fn build(arch: Arch) -> Result<PathBuf, String> {
         "-p",
         "natron-agent",
     ]))?;
-    let agent = root()
+    Ok(root()
         .join("target")
         .join(arch.rust_target())
-        .join("release/natron-agent");
+        .join("release/natron-agent"))
+}
+
+/// Builds the image; returns its path.
+pub fn build(arch: Arch) -> Result<PathBuf, String> {
+    let start = Instant::now();
+    let agent = build_agent(arch)?;
     let agent_secs = start.elapsed().as_secs_f64();
 
     // What the build adds to image/mkosi.extra: the agent and its unit.

@@ -7,7 +7,8 @@
 //!   cargo xtask test    setup, build, run every test, build the images and
 //!                       boot them under QEMU: x86_64 UEFI and BIOS, arm64
 //!                       UEFI (what CI runs)
-//!   cargo xtask bench   setup, build, print the failover figures
+//!   cargo xtask bench   setup, build (the release agent too), run every
+//!                       benchmark, print them and update BENCHMARKS.md
 //!   cargo xtask image --arch x86_64   the disk image (image/), into target/image/
 
 mod image;
@@ -15,8 +16,18 @@ mod image;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Debian packages the lab and the agent need at run time.
-const APT_PACKAGES: &[&str] = &["nftables", "iproute2", "procps", "ca-certificates"];
+/// Debian packages the lab and the agent need at run time, and the tools
+/// the data-plane bench and its test drive (iperf3, fck-nat's
+/// iptables(-nft), conntrack).
+const APT_PACKAGES: &[&str] = &[
+    "nftables",
+    "iproute2",
+    "procps",
+    "ca-certificates",
+    "iperf3",
+    "iptables",
+    "conntrack",
+];
 /// Must match `natron_lab::emulator::MOTO_VERSION`.
 const MOTO_VERSION: &str = "5.2.5";
 
@@ -29,7 +40,7 @@ fn main() -> ExitCode {
         Some("bench") => setup().and_then(|_| bench(&args[1..])),
         Some("image") => image_arch(&args[1..]).and_then(|arch| image::build(arch).map(|_| ())),
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test [cargo test args]|bench [--runs N] [--partition-secs S]|image [--arch x86_64|arm64]>");
+            eprintln!("usage: cargo xtask <setup|demo|test [cargo test args]|bench [natron-lab bench options]|image [--arch x86_64|arm64]>");
             return ExitCode::from(2);
         }
     };
@@ -84,18 +95,7 @@ fn setup() -> Result<(), String> {
     if !nix_is_root() {
         return Err("run as root: the lab creates network namespaces".into());
     }
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
-    if !missing.is_empty() {
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    apt_install(APT_PACKAGES)?;
     // The emulator, every Python package pinned, in a venv kept across runs.
     let requirements = root().join("tests/moto-requirements.txt");
     let wanted = std::fs::read_to_string(&requirements)
@@ -111,6 +111,19 @@ fn setup() -> Result<(), String> {
         std::fs::write(&stamp, &wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     std::env::set_var("NATRON_MOTO_SERVER", venv.join("bin/moto_server"));
+    Ok(())
+}
+
+/// Installs the packages not installed yet.
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
     Ok(())
 }
 
@@ -134,9 +147,19 @@ fn demo() -> Result<(), String> {
 }
 
 fn bench(extra: &[String]) -> Result<(), String> {
+    // The figures are for the binary users run: static, release.
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => image::Arch::Arm64,
+        _ => image::Arch::X86_64,
+    };
+    let agent = image::build_agent(arch)?;
     run(cargo().args(["build", "--quiet", "-p", "natron-agent", "-p", "natron-lab"]))?;
     run(Command::new(root().join("target/debug/natron-lab"))
         .arg("bench")
+        .arg("--release-binary")
+        .arg(&agent)
+        .arg("--write")
+        .arg(root().join("BENCHMARKS.md"))
         .args(extra))
 }
 

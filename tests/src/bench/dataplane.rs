@@ -1,0 +1,195 @@
+//! Data plane: the four NAT variants side by side in one topology
+//! (`natron_lab::dataplane`), rounds alternating the order of variants.
+//! Figures are medians over rounds; ratios are taken within each round,
+//! then their median is reported.
+
+use natron_lab::dataplane::{Topology, Variant};
+use natron_lab::stats::median;
+
+/// Per variant, one value per round.
+#[derive(Default, Clone)]
+struct Figures {
+    tcp1: Vec<f64>,
+    tcp8: Vec<f64>,
+    udp_kpps: Vec<f64>,
+    conn_per_s: Vec<f64>,
+    lat_p50: Vec<f64>,
+    lat_p99: Vec<f64>,
+    max_concurrent: Option<usize>,
+    seen_as: String,
+}
+
+const NAT_GATEWAY_PER_DESTINATION: usize = 55_000;
+/// Connections the max-concurrent test tries to open at most: above the
+/// 64 512 ports of 1024-65535, so a NAT's ceiling shows.
+const CONCURRENT_LIMIT: usize = 72_000;
+
+pub fn run(rounds: usize, secs: u32) -> Result<String, String> {
+    let topo = Topology::build().map_err(|e| e.to_string())?;
+    let mut figures: Vec<Figures> = vec![Figures::default(); Variant::ALL.len()];
+    for round in 0..rounds {
+        for k in 0..Variant::ALL.len() {
+            let i = (round + k) % Variant::ALL.len();
+            let v = Variant::ALL[i];
+            eprintln!("data plane round {}/{rounds}: {}", round + 1, v.name());
+            topo.set_variant(v).map_err(|e| e.to_string())?;
+            let f = &mut figures[i];
+            f.seen_as = topo.seen_source().map_err(|e| e.to_string())?;
+            let e = |e: natron_lab::LabError| format!("{}: {e}", v.name());
+            f.tcp1.push(topo.tcp_throughput(1, secs).map_err(e)?);
+            f.tcp8.push(topo.tcp_throughput(8, secs).map_err(e)?);
+            f.udp_kpps.push(topo.udp_pps(secs).map_err(e)? / 1000.0);
+            f.conn_per_s
+                .push(topo.connections_per_second(32, u64::from(secs)));
+            let (p50, p99) = topo.latency_under_load(secs.max(3)).map_err(e)?;
+            f.lat_p50.push(p50);
+            f.lat_p99.push(p99);
+        }
+    }
+    for (i, v) in Variant::ALL.iter().enumerate() {
+        eprintln!("max concurrent connections: {}", v.name());
+        topo.set_variant(*v).map_err(|e| e.to_string())?;
+        figures[i].max_concurrent = Some(
+            topo.max_concurrent(CONCURRENT_LIMIT)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    topo.set_variant(Variant::Plain)
+        .map_err(|e| e.to_string())?;
+    Ok(report(&figures, rounds, secs, topo.flowtable))
+}
+
+/// Median over rounds of the per-round ratio a/b, with its range.
+fn ratio(a: &[f64], b: &[f64]) -> Ratio {
+    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    Ratio {
+        median: median(&r),
+        min: r.iter().copied().fold(f64::INFINITY, f64::min),
+        max: r.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    }
+}
+
+struct Ratio {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.3} ({:.2}–{:.2})", self.median, self.min, self.max)
+    }
+}
+
+fn verdict(value: f64, goal: f64) -> &'static str {
+    if value >= goal {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+fn report(f: &[Figures], rounds: usize, secs: u32, flowtable: bool) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "Medians of {rounds} rounds, {secs} s per measurement, variants alternating order each round. \
+         natron's flowtable: {}.",
+        if flowtable {
+            "in use"
+        } else {
+            "not available in this kernel (slow path only)"
+        }
+    ));
+    line(String::new());
+    line("| variant | server sees | TCP 1 stream | TCP 8 streams | UDP 64 B | new TCP conn/s | RTT under load p50 / p99 | max concurrent to one destination |".into());
+    line("|---|---|---|---|---|---|---|---|".into());
+    for (v, x) in Variant::ALL.iter().zip(f) {
+        line(format!(
+            "| {} | {} | {:.2} Gbit/s | {:.2} Gbit/s | {:.0} kpps | {:.0} | {:.2} / {:.2} ms | {} |",
+            v.name(),
+            x.seen_as,
+            median(&x.tcp1),
+            median(&x.tcp8),
+            median(&x.udp_kpps),
+            median(&x.conn_per_s),
+            median(&x.lat_p50),
+            median(&x.lat_p99),
+            match x.max_concurrent {
+                Some(n) if n >= CONCURRENT_LIMIT => format!("{n} (all attempted)"),
+                Some(n) => n.to_string(),
+                None => "-".into(),
+            }
+        ));
+    }
+    let (plain, fck, natron, random) = (&f[0], &f[1], &f[2], &f[3]);
+    line(String::new());
+    line("Ratios: median of the per-round ratios (their range over the rounds):".into());
+    line(String::new());
+    line("| ratio | TCP 1 stream | TCP 8 streams | UDP pps | new conn/s | goal | result |".into());
+    line("|---|---|---|---|---|---|---|".into());
+    let row = |name: &str,
+               a: &Figures,
+               b: &Figures,
+               goal: &str,
+               judge: &dyn Fn(f64, f64, f64) -> String| {
+        let (t1, t8, u, c) = (
+            ratio(&a.tcp1, &b.tcp1),
+            ratio(&a.tcp8, &b.tcp8),
+            ratio(&a.udp_kpps, &b.udp_kpps),
+            ratio(&a.conn_per_s, &b.conn_per_s),
+        );
+        format!(
+            "| {name} | {t1} | {t8} | {u} | {c} | {goal} | {} |",
+            judge(t1.median.min(t8.median), c.median, u.median)
+        )
+    };
+    let against_plain = |t: f64, c: f64, _: f64| {
+        format!(
+            "throughput {}, conn/s {}",
+            verdict(t, 0.95),
+            verdict(c, 0.9)
+        )
+    };
+    line(row(
+        "natron / plain",
+        natron,
+        plain,
+        "throughput >= 0.95, conn/s >= 0.9",
+        &against_plain,
+    ));
+    line(row(
+        "natron / fck-nat rule",
+        natron,
+        fck,
+        "throughput >= 1.0",
+        &|t, _, _| format!("throughput {}", verdict(t, 1.0)),
+    ));
+    line(row(
+        "fully-random / plain",
+        random,
+        plain,
+        "(as natron)",
+        &against_plain,
+    ));
+    line(row(
+        "fck-nat rule / plain",
+        fck,
+        plain,
+        "(reference)",
+        &|_, _, _| String::new(),
+    ));
+    line(String::new());
+    line(format!(
+        "Max concurrent: UDP flows to one destination (address and port), one per source port \
+         from two client addresses, {CONCURRENT_LIMIT} sent within seconds (each stays tracked \
+         30 s); the figure is the distinct sources the server saw, so through a NAT the ports it \
+         could allocate. The NAT Gateway allows {NAT_GATEWAY_PER_DESTINATION} concurrent \
+         connections per destination per address. UDP, because holding as many TCP connections \
+         needs more open files than this sandbox grants (setrlimit: EPERM above 20 000)."
+    ));
+    out
+}

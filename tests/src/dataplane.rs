@@ -1,0 +1,542 @@
+//! The data-plane benchmark (issue 6): four namespaces in a line, the same
+//! path a packet takes in a VPC, and four configurations of the NAT.
+//!
+//! ```text
+//! client 10.0.10.10, .11 ── rtr (VPC router + IGW) ── nat 10.0.0.10 (one interface, eth0)
+//!                               └── inet 198.51.100.10 (iperf3, echo, whoami-and-close, UDP flow counter)
+//! ```
+//!
+//! The router sends what arrives from the client subnet to the NAT (policy
+//! routing, as a VPC route table does) and everything else by destination.
+//! The NAT forwards out of the interface it received on, as on EC2. Without
+//! translation (variant `plain`) replies return to the client directly.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natron_agent::ruleset::{self, RulesetSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::netns::{self, NsRuntime};
+use crate::{exec, LabError};
+
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const CLIENT_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 10, 10), Ipv4Addr::new(10, 0, 10, 11)];
+const NAT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const ECHO_PORT: u16 = 7;
+const CLOSE_PORT: u16 = 9001;
+const FLOW_PORT: u16 = 9003;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Forwarding only, no translation: the physical limit here.
+    Plain,
+    /// fck-nat's rule: one iptables(-nft) MASQUERADE, forwarding on.
+    FckNat,
+    /// natron's ruleset as the agent renders and applies it.
+    Natron,
+    /// The same with `nat.fully_random = true`.
+    NatronFullyRandom,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 4] = [
+        Variant::Plain,
+        Variant::FckNat,
+        Variant::Natron,
+        Variant::NatronFullyRandom,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain forwarding",
+            Variant::FckNat => "fck-nat rule (iptables MASQUERADE)",
+            Variant::Natron => "natron",
+            Variant::NatronFullyRandom => "natron, fully-random",
+        }
+    }
+}
+
+/// The namespaces and the runtimes the measurements run on. Dropping it
+/// deletes every namespace, even after a failed measurement.
+pub struct Topology {
+    pub client: String,
+    pub rtr: String,
+    pub nat: String,
+    pub inet: String,
+    client_rt: NsRuntime,
+    inet_rt: NsRuntime,
+    iperf: Option<std::process::Child>,
+    /// Distinct sources the flow server has seen.
+    seen: Arc<std::sync::Mutex<HashSet<SocketAddr>>>,
+    /// Whether the kernel accepted natron's flowtable.
+    pub flowtable: bool,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.iperf.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.client, &self.rtr, &self.nat, &self.inet] {
+            netns::delete(ns);
+        }
+    }
+}
+
+fn sysctl(ns: &str, pairs: &[&str]) -> Result<(), LabError> {
+    for p in pairs {
+        exec::in_ns(ns, "sysctl", &["-q", "-w", p])?;
+    }
+    Ok(())
+}
+
+/// A veth pair between `a` and `b`, named `a_if`/`b_if` inside them.
+fn link(a: &str, a_if: &str, b: &str, b_if: &str) -> Result<(), LabError> {
+    let tmp = format!("dp{}", std::process::id() % 100_000);
+    exec::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            &format!("{tmp}a"),
+            "netns",
+            a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{tmp}b"),
+            "netns",
+            b,
+        ],
+    )?;
+    exec::ip(a, &["link", "set", &format!("{tmp}a"), "name", a_if])?;
+    exec::ip(b, &["link", "set", &format!("{tmp}b"), "name", b_if])?;
+    exec::ip(a, &["link", "set", a_if, "up"])?;
+    exec::ip(b, &["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+impl Topology {
+    pub fn build() -> Result<Topology, LabError> {
+        netns::sweep_stale();
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let p = format!(
+            "{}dp{}-",
+            netns::prefix(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let names = ["client", "rtr", "nat", "inet"].map(|n| format!("{p}{n}"));
+        for n in &names {
+            netns::create(n)?;
+        }
+        let [client, rtr, nat, inet] = names;
+        let mut topo = Topology {
+            client_rt: NsRuntime::new(&client)?,
+            inet_rt: NsRuntime::new(&inet)?,
+            client,
+            rtr,
+            nat,
+            inet,
+            iperf: None,
+            seen: Arc::default(),
+            flowtable: false,
+        };
+        topo.wire()?;
+        Ok(topo)
+    }
+
+    fn wire(&mut self) -> Result<(), LabError> {
+        let (client, rtr, nat, inet) = (&self.client, &self.rtr, &self.nat, &self.inet);
+        link(client, "eth0", rtr, "c0")?;
+        link(nat, "eth0", rtr, "n0")?;
+        link(inet, "eth0", rtr, "i0")?;
+        for ip in CLIENT_IPS {
+            exec::ip(client, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        }
+        exec::ip(client, &["route", "add", "default", "via", "10.0.10.1"])?;
+        exec::ip(rtr, &["addr", "add", "10.0.10.1/24", "dev", "c0"])?;
+        exec::ip(rtr, &["addr", "add", "10.0.0.1/24", "dev", "n0"])?;
+        exec::ip(rtr, &["addr", "add", "198.51.100.1/24", "dev", "i0"])?;
+        exec::ip(
+            rtr,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                &NAT_IP.to_string(),
+                "table",
+                "100",
+            ],
+        )?;
+        exec::ip(rtr, &["rule", "add", "iif", "c0", "lookup", "100"])?;
+        exec::ip(
+            nat,
+            &["addr", "add", &format!("{NAT_IP}/24"), "dev", "eth0"],
+        )?;
+        exec::ip(nat, &["route", "add", "default", "via", "10.0.0.1"])?;
+        exec::ip(
+            inet,
+            &["addr", "add", &format!("{SERVER}/24"), "dev", "eth0"],
+        )?;
+        exec::ip(inet, &["route", "add", "default", "via", "198.51.100.1"])?;
+        let no_rp = [
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ];
+        sysctl(rtr, &["net.ipv4.ip_forward=1"])?;
+        sysctl(rtr, &no_rp)?;
+        for dev in ["c0", "n0", "i0"] {
+            sysctl(rtr, &[&format!("net.ipv4.conf.{dev}.rp_filter=0")])?;
+        }
+        // Every variant forwards with the same sysctls; only rules differ.
+        sysctl(
+            nat,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+            ],
+        )?;
+        // One client may hold 64 k connections to one destination.
+        sysctl(client, &["net.ipv4.ip_local_port_range=1024 65535"])?;
+        let probe = serde_json::to_string(&ruleset::flowtable_probe("eth0"))
+            .map_err(|e| LabError::Setup(format!("flowtable probe: {e}")))?;
+        self.flowtable = exec::run_with_input(
+            "ip",
+            &["netns", "exec", nat, "nft", "-c", "-j", "-f", "-"],
+            Some(&probe),
+        )
+        .is_ok();
+        let iperf = exec::spawn_in_ns(
+            inet,
+            std::path::Path::new("iperf3"),
+            &["-s".into(), "--bind".into(), SERVER.to_string()],
+            &[],
+            std::path::Path::new("/dev/null"),
+        )?;
+        self.iperf = Some(iperf);
+        let seen = self.seen.clone();
+        self.inet_rt
+            .run(async move {
+                let bind = |port| TcpListener::bind((SERVER, port));
+                let (echo, close) = (bind(ECHO_PORT).await?, bind(CLOSE_PORT).await?);
+                let flows = tokio::net::UdpSocket::bind((SERVER, FLOW_PORT)).await?;
+                tokio::spawn(serve_echo(echo));
+                tokio::spawn(serve_close(close));
+                tokio::spawn(count_flows(flows, seen));
+                Ok::<(), std::io::Error>(())
+            })
+            .map_err(|e| LabError::Setup(format!("servers in {inet}: {e}")))?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
+    /// Resets the NAT namespace (no rules, empty conntrack), then applies
+    /// `variant`'s configuration.
+    pub fn set_variant(&self, variant: Variant) -> Result<(), LabError> {
+        exec::in_ns(&self.nat, "nft", &["flush", "ruleset"])?;
+        let _ = exec::in_ns(&self.nat, "conntrack", &["-F"]);
+        match variant {
+            Variant::Plain => {}
+            Variant::FckNat => {
+                exec::in_ns(
+                    &self.nat,
+                    "iptables",
+                    &[
+                        "-t",
+                        "nat",
+                        "-A",
+                        "POSTROUTING",
+                        "-o",
+                        "eth0",
+                        "-j",
+                        "MASQUERADE",
+                    ],
+                )?;
+            }
+            Variant::Natron | Variant::NatronFullyRandom => {
+                let spec = RulesetSpec {
+                    egress: "eth0".into(),
+                    sources: vec!["10.0.0.0/16".parse().expect("cidr")],
+                    port_range: (1024, 65535),
+                    fully_random: variant == Variant::NatronFullyRandom,
+                    flowtable: self.flowtable,
+                };
+                let batch = serde_json::to_string(&ruleset::apply_batch(&ruleset::render(&spec)))
+                    .map_err(|e| LabError::Setup(format!("ruleset: {e}")))?;
+                exec::run_with_input(
+                    "ip",
+                    &["netns", "exec", &self.nat, "nft", "-j", "-f", "-"],
+                    Some(&batch),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The source address the server sees: the NAT's when translated.
+    pub fn seen_source(&self) -> Result<String, LabError> {
+        self.client_rt
+            .run(async {
+                let mut s = TcpStream::connect((SERVER, CLOSE_PORT)).await?;
+                let mut seen = String::new();
+                s.read_to_string(&mut seen).await?;
+                Ok::<String, std::io::Error>(seen)
+            })
+            .map_err(|e| LabError::Setup(format!("whoami from {}: {e}", self.client)))
+    }
+
+    fn iperf3(&self, args: &[&str]) -> Result<String, LabError> {
+        let server = SERVER.to_string();
+        let mut all = vec!["-c", server.as_str(), "--bind", "10.0.10.10"];
+        all.extend_from_slice(args);
+        exec::in_ns(&self.client, "iperf3", &all)
+    }
+
+    /// TCP throughput in Gbit/s with `streams` parallel streams.
+    pub fn tcp_throughput(&self, streams: u32, secs: u32) -> Result<f64, LabError> {
+        let (p, t) = (streams.to_string(), secs.to_string());
+        let out = self.iperf3(&["-P", &p, "-t", &t, "-O", "1", "-J"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| LabError::Setup(format!("iperf3 -J: {e}")))?;
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .map(|b| b / 1e9)
+            .ok_or_else(|| LabError::Setup(format!("iperf3: no sum_received in {out}")))
+    }
+
+    /// UDP packets per second delivered, 64-byte payloads, unlimited rate.
+    pub fn udp_pps(&self, secs: u32) -> Result<f64, LabError> {
+        let t = secs.to_string();
+        let out = self.iperf3(&["-u", "-l", "64", "-b", "0", "-t", &t, "-J"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| LabError::Setup(format!("iperf3 -J: {e}")))?;
+        let sum = &v["end"]["sum"];
+        let (packets, lost, seconds) = (
+            sum["packets"].as_f64(),
+            sum["lost_packets"].as_f64(),
+            sum["seconds"].as_f64(),
+        );
+        match (packets, lost, seconds) {
+            (Some(p), Some(l), Some(s)) if s > 0.0 => Ok((p - l) / s),
+            _ => Err(LabError::Setup(format!(
+                "iperf3 -u: no packet counts in {out}"
+            ))),
+        }
+    }
+
+    /// New TCP connections per second: connect, read what the server sends
+    /// (its close comes with it), close; `workers` at a time for `secs`.
+    pub fn connections_per_second(&self, workers: usize, secs: u64) -> f64 {
+        let done = Arc::new(AtomicU64::new(0));
+        let d = done.clone();
+        let elapsed = self.client_rt.run(async move {
+            let start = Instant::now();
+            let end = start + Duration::from_secs(secs);
+            let tasks: Vec<_> = (0..workers)
+                .map(|_| {
+                    let done = d.clone();
+                    tokio::spawn(async move {
+                        while Instant::now() < end {
+                            let attempt = async {
+                                let mut s = TcpStream::connect((SERVER, CLOSE_PORT)).await?;
+                                let mut seen = Vec::with_capacity(16);
+                                s.read_to_end(&mut seen).await?;
+                                Ok::<(), std::io::Error>(())
+                            };
+                            if let Ok(Ok(())) =
+                                tokio::time::timeout(Duration::from_secs(1), attempt).await
+                            {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+            start.elapsed()
+        });
+        done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
+    }
+
+    /// Round trips of one byte on one TCP connection, every 5 ms for
+    /// `secs`, in milliseconds (sorted).
+    pub fn echo_rtts(&self, secs: u64) -> Result<Vec<f64>, LabError> {
+        self.client_rt
+            .run(async move {
+                let mut s = TcpStream::connect((SERVER, ECHO_PORT)).await?;
+                s.set_nodelay(true)?;
+                let end = Instant::now() + Duration::from_secs(secs);
+                let mut out = Vec::new();
+                let mut b = [7u8; 1];
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    s.write_all(&b).await?;
+                    s.read_exact(&mut b).await?;
+                    out.push(t.elapsed().as_secs_f64() * 1000.0);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                out.sort_by(f64::total_cmp);
+                Ok::<Vec<f64>, std::io::Error>(out)
+            })
+            .map_err(|e| LabError::Setup(format!("echo from {}: {e}", self.client)))
+    }
+
+    /// Latency (p50, p99 in ms) while 8 iperf3 streams load the NAT.
+    pub fn latency_under_load(&self, secs: u32) -> Result<(f64, f64), LabError> {
+        std::thread::scope(|scope| {
+            let load = scope.spawn(|| self.tcp_throughput(8, secs + 1));
+            std::thread::sleep(Duration::from_millis(700));
+            let rtts = self.echo_rtts(u64::from(secs) - 1);
+            load.join().expect("iperf3 thread")?;
+            let rtts = rtts?;
+            Ok((
+                crate::stats::percentile(&rtts, 50.0),
+                crate::stats::percentile(&rtts, 99.0),
+            ))
+        })
+    }
+
+    /// Flows to one destination (server:9003/udp) from both client
+    /// addresses, one per source port, up to `limit`, sent within a few
+    /// seconds (a UDP flow stays tracked 30 s): how many distinct sources
+    /// the server saw. Through a NAT that is the number of ports it could
+    /// allocate towards that destination. Each socket is closed right after
+    /// its datagram (the flow lives on in conntrack), so no process needs
+    /// thousands of open files.
+    pub fn max_concurrent(&self, limit: usize) -> Result<usize, LabError> {
+        self.seen.lock().expect("seen").clear();
+        let per_ip = limit.div_ceil(CLIENT_IPS.len());
+        self.client_rt
+            .run(async move {
+                for ip in CLIENT_IPS {
+                    for port in (1024..=u16::MAX).take(per_ip) {
+                        let socket = tokio::net::UdpSocket::bind((ip, port)).await?;
+                        socket.send_to(b"x", (SERVER, FLOW_PORT)).await?;
+                    }
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .map_err(|e| LabError::Setup(format!("flows from {}: {e}", self.client)))?;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(self.seen.lock().expect("seen").len())
+    }
+
+    /// `n` distinct UDP flows through the NAT, within seconds: each client
+    /// address and source port sends to 64 destination ports (nothing
+    /// listens there). Returns how long sending took.
+    pub fn udp_flows(&self, n: usize) -> Result<Duration, LabError> {
+        self.client_rt
+            .run(async move {
+                let start = Instant::now();
+                let mut sent = 0;
+                'all: for port in 1024..=u16::MAX {
+                    for ip in CLIENT_IPS {
+                        let socket = tokio::net::UdpSocket::bind((ip, port)).await?;
+                        for dport in 20_000..20_064 {
+                            if sent == n {
+                                break 'all;
+                            }
+                            socket.send_to(b"x", (SERVER, dport)).await?;
+                            sent += 1;
+                        }
+                    }
+                }
+                Ok::<Duration, std::io::Error>(start.elapsed())
+            })
+            .map_err(|e| LabError::Setup(format!("flows from {}: {e}", self.client)))
+    }
+
+    /// The NAT namespace's conntrack limit (the kernel's, global).
+    pub fn conntrack_max(&self) -> u64 {
+        exec::in_ns(
+            &self.nat,
+            "cat",
+            &["/proc/sys/net/netfilter/nf_conntrack_max"],
+        )
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+    }
+
+    /// The NAT namespace's full-table counters.
+    pub fn conntrack_drops(&self) -> natron_agent::kernel::ConntrackDrops {
+        exec::in_ns(&self.nat, "cat", &["/proc/net/stat/nf_conntrack"])
+            .ok()
+            .and_then(|t| natron_agent::kernel::parse_conntrack_drops(&t))
+            .unwrap_or_default()
+    }
+
+    /// Connections tracked in the NAT namespace now.
+    pub fn conntrack_count(&self) -> u64 {
+        exec::in_ns(
+            &self.nat,
+            "cat",
+            &["/proc/sys/net/netfilter/nf_conntrack_count"],
+        )
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+    }
+}
+
+/// The next connection; waits out transient errors (out of files) so a
+/// server outlives a test that overshoots.
+async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return Some(conn),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn serve_echo(listener: TcpListener) {
+    while let Some((mut s, _)) = accept(&listener).await {
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).await.is_ok() {
+                if s.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Writes the caller's address as seen here, then closes first (so the
+/// server, not the client, holds TIME_WAIT).
+async fn serve_close(listener: TcpListener) {
+    while let Some((mut s, peer)) = accept(&listener).await {
+        tokio::spawn(async move {
+            let _ = s.write_all(peer.ip().to_string().as_bytes()).await;
+        });
+    }
+}
+
+/// Records the source of every datagram.
+async fn count_flows(
+    socket: tokio::net::UdpSocket,
+    seen: Arc<std::sync::Mutex<HashSet<SocketAddr>>>,
+) {
+    let mut b = [0u8; 16];
+    while let Ok((_, peer)) = socket.recv_from(&mut b).await {
+        seen.lock().expect("seen").insert(peer);
+    }
+}
