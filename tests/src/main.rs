@@ -38,8 +38,9 @@ enum Command {
         /// Seconds per data-plane measurement.
         #[arg(long, default_value_t = 3)]
         secs: u32,
-        /// Length of the footprint soak at the fastest intervals.
-        #[arg(long, default_value_t = 120)]
+        /// Length of the footprint soak at the fastest intervals: 720 s
+        /// is 3,600 data-plane ticks, an hour's worth at the default 1 s.
+        #[arg(long, default_value_t = 720)]
         soak_secs: u64,
         /// Run one part only: dataplane, footprint or failover.
         #[arg(long)]

@@ -143,10 +143,30 @@ fn metadata_stub_speaks_imdsv2_for_the_caller() {
         body(&nat.ns, "meta-data/instance-id"),
         (200, nat.instance_id.clone())
     );
-    assert_eq!(
-        body(&nat.ns, "meta-data/public-ipv4"),
-        (200, lab.spec.azs[0].eip.to_string())
-    );
+    // The lab leaves the Elastic IP to the agent: none yet, so no address.
+    assert_eq!(body(&nat.ns, "meta-data/public-ipv4").0, 404);
+    let (eip, instance) = (lab.spec.azs[0].eip.to_string(), nat.instance_id.clone());
+    lab.ec2(|ec2| async move {
+        let out = ec2
+            .describe_addresses()
+            .public_ips(eip)
+            .send()
+            .await
+            .unwrap();
+        let allocation = out.addresses()[0].allocation_id().unwrap().to_string();
+        ec2.associate_address()
+            .allocation_id(allocation)
+            .instance_id(instance)
+            .send()
+            .await
+            .unwrap();
+    });
+    // The stub answers from the lab's view, synced every 100 ms.
+    let eip = lab.spec.azs[0].eip.to_string();
+    lab.wait_for("the Elastic IP in IMDS", Duration::from_secs(5), || {
+        (body(&nat.ns, "meta-data/public-ipv4") == (200, eip.clone())).then_some(())
+    })
+    .unwrap();
     assert_eq!(
         body(&nat.ns, "meta-data/placement/availability-zone"),
         (200, "us-east-1a".into())
