@@ -41,10 +41,7 @@ pub enum Step {
 /// lowest allocation id wins so every run picks the same one. `group` is
 /// only consulted when another instance holds the address.
 pub fn decide(tagged: &[Address], me: &str, group: &[GroupInstance]) -> Step {
-    let Some(address) = tagged
-        .iter()
-        .min_by(|a, b| a.allocation_id.cmp(&b.allocation_id))
-    else {
+    let Some(address) = chosen(tagged) else {
         return Step::NoAddress;
     };
     match address.instance_id.as_deref() {
@@ -69,11 +66,16 @@ fn is_live(state: &str) -> bool {
 
 /// Whether another instance holds the address, so `decide` needs the group.
 pub fn held_by_other(tagged: &[Address], me: &str) -> bool {
+    chosen(tagged)
+        .and_then(|a| a.instance_id.as_deref())
+        .is_some_and(|holder| holder != me)
+}
+
+/// The AZ's address: the lowest allocation id, so every run picks the same.
+fn chosen(tagged: &[Address]) -> Option<&Address> {
     tagged
         .iter()
         .min_by(|a, b| a.allocation_id.cmp(&b.allocation_id))
-        .and_then(|a| a.instance_id.as_deref())
-        .is_some_and(|holder| holder != me)
 }
 
 #[cfg(test)]

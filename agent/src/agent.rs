@@ -28,7 +28,7 @@ use crate::notify;
 use crate::peers::Watch;
 use crate::probe::{self, RiseFall};
 use crate::ruleset::{self, RulesetSpec};
-use crate::state::{area, ConntrackStatus, ElasticIp, Shared};
+use crate::state::{area, counter_increase, ConntrackStatus, ElasticIp, Shared};
 
 /// Switches for tests; none is reachable from the configuration file.
 #[derive(Debug, Clone, Default)]
@@ -466,14 +466,9 @@ impl Agent {
             .ok()
             .and_then(|t| kernel::parse_conntrack_drops(&t));
         if let Some(d) = drops {
-            // Kernel counters; a smaller reading cannot happen short of a
-            // reboot, but must not underflow.
-            let (new_drops, new_early) = match w.last {
-                Some(l) if d.drop >= l.drop && d.early_drop >= l.early_drop => {
-                    (d.drop - l.drop, d.early_drop - l.early_drop)
-                }
-                _ => (d.drop, d.early_drop),
-            };
+            let last = w.last.unwrap_or_default();
+            let new_drops = counter_increase(d.drop, last.drop);
+            let new_early = counter_increase(d.early_drop, last.early_drop);
             m.conntrack_drops.inc_by(new_drops);
             m.conntrack_early_drops.inc_by(new_early);
             let quiet = w

@@ -156,6 +156,16 @@ impl Status {
 
 pub type Labels = Vec<(String, String)>;
 
+/// How much a kernel counter grew since the `last` reading. A smaller
+/// reading means the counter restarted at 0 (a replaced table, a reboot).
+pub fn counter_increase(now: u64, last: u64) -> u64 {
+    if now >= last {
+        now - last
+    } else {
+        now
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub ready: Gauge,
@@ -317,9 +327,7 @@ impl Metrics {
         let mut last = self.last_kernel.lock().expect("metrics lock");
         for (rule, &(packets, bytes)) in counters {
             let (lp, lb) = last.get(rule).copied().unwrap_or((0, 0));
-            // A smaller reading means the table was replaced and restarted at 0.
-            let dp = if packets >= lp { packets - lp } else { packets };
-            let db = if bytes >= lb { bytes - lb } else { bytes };
+            let (dp, db) = (counter_increase(packets, lp), counter_increase(bytes, lb));
             let labels = vec![("rule".to_string(), rule.clone())];
             self.rule_packets.get_or_create(&labels).inc_by(dp);
             self.rule_bytes.get_or_create(&labels).inc_by(db);

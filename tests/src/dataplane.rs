@@ -296,31 +296,29 @@ impl Topology {
             .map_err(|e| LabError::Setup(format!("whoami from {}: {e}", self.client)))
     }
 
-    fn iperf3(&self, args: &[&str]) -> Result<String, LabError> {
+    /// An iperf3 client run from the client (`-J` added) and its report.
+    fn iperf3(&self, args: &[&str]) -> Result<serde_json::Value, LabError> {
         let server = SERVER.to_string();
-        let mut all = vec!["-c", server.as_str(), "--bind", "10.0.10.10"];
+        let mut all = vec!["-c", server.as_str(), "--bind", "10.0.10.10", "-J"];
         all.extend_from_slice(args);
-        exec::in_ns(&self.client, "iperf3", &all)
+        let out = exec::in_ns(&self.client, "iperf3", &all)?;
+        serde_json::from_str(&out).map_err(|e| LabError::Setup(format!("iperf3 -J: {e}: {out}")))
     }
 
     /// TCP throughput in Gbit/s with `streams` parallel streams.
     pub fn tcp_throughput(&self, streams: u32, secs: u32) -> Result<f64, LabError> {
         let (p, t) = (streams.to_string(), secs.to_string());
-        let out = self.iperf3(&["-P", &p, "-t", &t, "-O", "1", "-J"])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| LabError::Setup(format!("iperf3 -J: {e}")))?;
+        let v = self.iperf3(&["-P", &p, "-t", &t, "-O", "1"])?;
         v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .map(|b| b / 1e9)
-            .ok_or_else(|| LabError::Setup(format!("iperf3: no sum_received in {out}")))
+            .ok_or_else(|| LabError::Setup(format!("iperf3: no sum_received in {v}")))
     }
 
     /// UDP packets per second delivered, 64-byte payloads, unlimited rate.
     pub fn udp_pps(&self, secs: u32) -> Result<f64, LabError> {
         let t = secs.to_string();
-        let out = self.iperf3(&["-u", "-l", "64", "-b", "0", "-t", &t, "-J"])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| LabError::Setup(format!("iperf3 -J: {e}")))?;
+        let v = self.iperf3(&["-u", "-l", "64", "-b", "0", "-t", &t])?;
         let sum = &v["end"]["sum"];
         let (packets, lost, seconds) = (
             sum["packets"].as_f64(),
@@ -330,7 +328,7 @@ impl Topology {
         match (packets, lost, seconds) {
             (Some(p), Some(l), Some(s)) if s > 0.0 => Ok((p - l) / s),
             _ => Err(LabError::Setup(format!(
-                "iperf3 -u: no packet counts in {out}"
+                "iperf3 -u: no packet counts in {v}"
             ))),
         }
     }
@@ -459,36 +457,30 @@ impl Topology {
             .map_err(|e| LabError::Setup(format!("flows from {}: {e}", self.client)))
     }
 
+    /// A /proc file as the NAT namespace sees it.
+    fn nat_proc(&self, path: &str) -> Option<String> {
+        exec::in_ns(&self.nat, "cat", &[path]).ok()
+    }
+
     /// The NAT namespace's conntrack limit (the kernel's, global).
     pub fn conntrack_max(&self) -> u64 {
-        exec::in_ns(
-            &self.nat,
-            "cat",
-            &["/proc/sys/net/netfilter/nf_conntrack_max"],
-        )
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+        self.nat_proc("/proc/sys/net/netfilter/nf_conntrack_max")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// The NAT namespace's full-table counters.
     pub fn conntrack_drops(&self) -> natron_agent::kernel::ConntrackDrops {
-        exec::in_ns(&self.nat, "cat", &["/proc/net/stat/nf_conntrack"])
-            .ok()
+        self.nat_proc("/proc/net/stat/nf_conntrack")
             .and_then(|t| natron_agent::kernel::parse_conntrack_drops(&t))
             .unwrap_or_default()
     }
 
     /// Connections tracked in the NAT namespace now.
     pub fn conntrack_count(&self) -> u64 {
-        exec::in_ns(
-            &self.nat,
-            "cat",
-            &["/proc/sys/net/netfilter/nf_conntrack_count"],
-        )
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+        self.nat_proc("/proc/sys/net/netfilter/nf_conntrack_count")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 

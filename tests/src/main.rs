@@ -23,35 +23,9 @@ struct Cli {
 enum Command {
     /// Two AZs: private clients reaching the internet through natron.
     Demo,
-    /// Benchmarks: data plane against the alternatives, footprint,
+    /// Benchmarks: data plane against the alternatives, footprint, scale,
     /// failover (issue 6). Prints markdown; `--write` updates BENCHMARKS.md.
-    Bench {
-        /// Repetitions of each failure.
-        #[arg(long, default_value_t = 20)]
-        runs: usize,
-        /// Length of the partition run.
-        #[arg(long, default_value_t = 60)]
-        partition_secs: u64,
-        /// Data-plane rounds (variants alternate within each).
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Seconds per data-plane measurement.
-        #[arg(long, default_value_t = 3)]
-        secs: u32,
-        /// Length of the footprint soak at the fastest intervals: 720 s
-        /// is 3,600 data-plane ticks, an hour's worth at the default 1 s.
-        #[arg(long, default_value_t = 720)]
-        soak_secs: u64,
-        /// Run one part only: dataplane, footprint or failover.
-        #[arg(long)]
-        only: Option<String>,
-        /// The static release agent, for its size.
-        #[arg(long)]
-        release_binary: Option<std::path::PathBuf>,
-        /// Replace the generated section of this file (BENCHMARKS.md).
-        #[arg(long)]
-        write: Option<std::path::PathBuf>,
-    },
+    Bench(bench::Options),
     /// Boot the disk image under QEMU and check the agent inside.
     BootTest {
         #[arg(long)]
@@ -71,25 +45,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo => demo(),
-        Command::Bench {
-            runs,
-            partition_secs,
-            rounds,
-            secs,
-            soak_secs,
-            only,
-            release_binary,
-            write,
-        } => bench::run(bench::Options {
-            runs,
-            partition_secs,
-            rounds,
-            secs,
-            soak_secs,
-            only,
-            release_binary,
-            write,
-        }),
+        Command::Bench(options) => bench::run(options),
         Command::BootTest {
             image,
             arch,

@@ -10,11 +10,21 @@ use nix::sys::signal::Signal;
 
 const HOLD_DOWN: Duration = Duration::from_secs(3);
 
+/// One failure's outages (or probe time lost), in seconds.
 struct Series {
     name: &'static str,
-    unit: &'static str,
     goal: &'static str,
     values: Vec<f64>,
+}
+
+impl Series {
+    fn new(name: &'static str, goal: &'static str) -> Series {
+        Series {
+            name,
+            goal,
+            values: Vec::new(),
+        }
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -128,36 +138,17 @@ fn api_latency() -> Result<(Vec<f64>, Vec<f64>), String> {
 }
 
 pub fn run(runs: usize, partition_secs: u64) -> Result<String, String> {
-    let mut kill = Series {
-        name: "NAT dead (killed, links down)",
-        unit: "s",
-        goal: "p50 <= 2 s, p99 <= 3 s",
-        values: vec![],
-    };
-    let mut egress = Series {
-        name: "NAT egress broken",
-        unit: "s",
-        goal: "p50 <= 2 s",
-        values: vec![],
-    };
-    let mut handoff = Series {
-        name: "planned handoff (SIGTERM), probe time lost",
-        unit: "s",
-        goal: "<= 0.2 s",
-        values: vec![],
-    };
-    let mut dead_defaults = Series {
-        name: "NAT dead, production default timings",
-        unit: "s",
-        goal: "p50 <= 2 s, p99 <= 3 s",
-        values: vec![],
-    };
-    let mut failback = Series {
-        name: "failback after hold-down, probe time lost",
-        unit: "s",
-        goal: "(no goal; should be ~0)",
-        values: vec![],
-    };
+    let mut kill = Series::new("NAT dead (killed, links down)", "p50 <= 2 s, p99 <= 3 s");
+    let mut egress = Series::new("NAT egress broken", "p50 <= 2 s");
+    let mut handoff = Series::new("planned handoff (SIGTERM), probe time lost", "<= 0.2 s");
+    let mut dead_defaults = Series::new(
+        "NAT dead, production default timings",
+        "p50 <= 2 s, p99 <= 3 s",
+    );
+    let mut failback = Series::new(
+        "failback after hold-down, probe time lost",
+        "(no goal; should be ~0)",
+    );
     for i in 0..runs {
         eprintln!("run {}/{runs}", i + 1);
         kill.values.push(unplanned(true)?.0);
@@ -191,14 +182,13 @@ pub fn run(runs: usize, partition_secs: u64) -> Result<String, String> {
         let mut v = s.values.clone();
         v.sort_by(f64::total_cmp);
         println(format!(
-            "| {} | {} | {:.2} {u} | {:.2} {u} | {:.2} {u} | {} |",
+            "| {} | {} | {:.2} s | {:.2} s | {:.2} s | {} |",
             s.name,
             v.len(),
             percentile(&v, 50.0),
             percentile(&v, 99.0),
             v.last().copied().unwrap_or(f64::NAN),
             s.goal,
-            u = s.unit
         ));
     }
     println(format!("| partition of NAT-A and NAT-B for {partition_secs} s: route table owner changes | 1 | {flaps} | | | 0 |"));

@@ -56,7 +56,8 @@ fn cpu_share(pid: u32, window: Duration) -> f64 {
     (cpu_secs(pid) - before) / window.as_secs_f64()
 }
 
-/// Polls every 10 ms until `done`; the time since `t0`.
+/// Polls every 10 ms until `done`; the time since `t0`. Not
+/// `Lab::wait_for`: its 50 ms polling is too coarse for a 70 ms figure.
 fn wait(t0: Instant, what: &str, done: impl Fn() -> bool) -> Result<Duration, String> {
     while t0.elapsed() < Duration::from_secs(30) {
         if done() {

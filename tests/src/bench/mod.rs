@@ -12,15 +12,32 @@ mod scale;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[derive(clap::Args)]
 pub struct Options {
+    /// Repetitions of each failure.
+    #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// Length of the partition run.
+    #[arg(long, default_value_t = 60)]
     pub partition_secs: u64,
+    /// Data-plane rounds (variants alternate within each).
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Seconds per data-plane measurement.
+    #[arg(long, default_value_t = 3)]
     pub secs: u32,
+    /// Length of the footprint soak at the fastest intervals: 720 s
+    /// is 3,600 data-plane ticks, an hour's worth at the default 1 s.
+    #[arg(long, default_value_t = 720)]
     pub soak_secs: u64,
-    /// dataplane, failover or footprint; None runs all three.
+    /// Run one part only: dataplane, footprint, scale or failover.
+    #[arg(long)]
     pub only: Option<String>,
+    /// The static release agent: footprint, scale and failover run it.
+    #[arg(long)]
     pub release_binary: Option<PathBuf>,
+    /// Replace the parts' generated blocks in this file (BENCHMARKS.md).
+    #[arg(long)]
     pub write: Option<PathBuf>,
 }
 
