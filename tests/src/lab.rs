@@ -152,6 +152,9 @@ pub struct Lab {
     /// The last sync error, if the latest pass failed.
     pub sync_error: Arc<Mutex<Option<String>>>,
     pub history: RouteHistory,
+    /// Which router link each instance sits behind; shared with the sync
+    /// loop, since a replacement NAT joins its predecessor's link.
+    attachments: Arc<Mutex<Attachments>>,
     faults: Mutex<Faults>,
     ec2: aws_sdk_ec2::Client,
     agents: Mutex<Vec<AgentProcess>>,
@@ -237,13 +240,14 @@ impl Lab {
         let view = Arc::new(RwLock::new(VpcView::default()));
         let sync_error = Arc::new(Mutex::new(None));
         let history = RouteHistory::default();
+        let attachments = Arc::new(Mutex::new(attachments));
         let mut syncer = Syncer {
             history: history.clone(),
             ec2: ec2.clone(),
             vpc_id: provisioned.vpc_id.clone(),
             router_ns: router_ns.clone(),
             igw_ns: igw_ns.clone(),
-            attachments,
+            attachments: attachments.clone(),
             ids: TableIds::default(),
             applied: None,
             view: view.clone(),
@@ -288,6 +292,7 @@ impl Lab {
             view,
             sync_error,
             history,
+            attachments,
             faults: Mutex::new(Faults::default()),
             ec2,
             agents: Mutex::new(Vec::new()),
@@ -634,6 +639,53 @@ impl Lab {
             ],
         )?;
         Ok(())
+    }
+
+    /// Auto Scaling replaces dead NAT `az` (kill it first with
+    /// [`Lab::kill_nat`]): the old instance is stopped in the emulator and
+    /// keeps whatever Elastic IP it held, as in EC2, and a new instance of
+    /// the group is launched in the same public subnet. The new one lives
+    /// in the old one's namespace, behind the same router link, at the next
+    /// address (the emulator never hands a private IP out twice). Its agent
+    /// is not started.
+    pub fn replace_nat(&mut self, az: usize) -> Result<(), LabError> {
+        let old = self.nats[az].clone();
+        let ip = Ipv4Addr::from(u32::from(old.ip) + 1);
+        let name = format!("nat-{}", self.spec.azs[az].letter);
+        let (group, subnet, old_id) = (
+            self.spec.group.clone(),
+            old.subnet_id.clone(),
+            old.instance_id.clone(),
+        );
+        let launched = self.ec2(|c| async move {
+            c.stop_instances()
+                .instance_ids(&old_id)
+                .send()
+                .await
+                .map_err(emu("StopInstances"))?;
+            launch(
+                &c,
+                &subnet,
+                ip,
+                &[("Name", &name), ("natron:group", &group)],
+            )
+            .await
+        })?;
+        let prefix = self.spec.azs[az].public_cidr.prefix_len().to_string();
+        exec::ip(&old.ns, &["addr", "flush", "dev", "eth0"])?;
+        exec::ip(
+            &old.ns,
+            &["addr", "add", &format!("{ip}/{prefix}"), "dev", "eth0"],
+        )?;
+        self.attachments
+            .lock()
+            .expect("attachments")
+            .insert(launched.instance_id.clone(), old.router_dev.clone());
+        let nat = &mut self.nats[az];
+        nat.instance_id = launched.instance_id;
+        nat.interface_id = launched.interface_id;
+        nat.ip = ip;
+        self.revive_nat(az)
     }
 
     fn change_faults(&self, f: impl FnOnce(&mut Faults)) -> Result<(), LabError> {
@@ -1169,7 +1221,7 @@ struct Syncer {
     vpc_id: String,
     router_ns: String,
     igw_ns: String,
-    attachments: Attachments,
+    attachments: Arc<Mutex<Attachments>>,
     ids: TableIds,
     applied: Option<RouterConfig>,
     view: Arc<RwLock<VpcView>>,
@@ -1185,7 +1237,10 @@ impl Syncer {
 
     async fn pass_inner(&mut self) -> Result<(), LabError> {
         let view = vpc::read(&self.ec2, &self.vpc_id).await?;
-        let config = router::render(&view, &self.attachments, &mut self.ids);
+        let config = {
+            let attachments = self.attachments.lock().expect("attachments");
+            router::render(&view, &attachments, &mut self.ids)
+        };
         {
             let mut history = self.history.lock().expect("history");
             for t in &view.route_tables {

@@ -116,7 +116,9 @@ pub fn render(view: &VpcView, attachments: &Attachments, ids: &mut TableIds) -> 
         if let Some(table) = view.table_of_subnet(&i.subnet_id) {
             config.rules.insert(dev.clone(), ids.get(&table.id));
         }
-        if i.source_dest_check {
+        // Only a running instance forwards; a stopped one may share its
+        // link with its replacement.
+        if i.source_dest_check && i.state == "running" {
             config.source_dest_check.insert(dev.clone(), i.private_ip);
         }
         if let (Some(public), true) = (i.public_ip, i.state == "running") {

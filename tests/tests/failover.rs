@@ -171,6 +171,58 @@ fn auto_scaling_termination_hands_routes_over_while_the_nat_still_runs() {
 }
 
 #[test]
+fn a_replacement_nat_takes_the_azs_elastic_ip_and_table_without_apply() {
+    let hold_down = Duration::from_secs(3);
+    let mut s = two_azs(hold_down);
+    let old = s.lab.nats[0].instance_id.clone();
+    assert_eq!(s.lab.elastic_ip_holder(0).as_deref(), Some(old.as_str()));
+    s.lab.kill_nat(0).unwrap();
+    s.owner_is(0, 1, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{}", s.with_log(1, e)));
+    // Auto Scaling's replacement: the dead NAT is stopped (its address
+    // stays on it, as in EC2) and a new instance of the group starts.
+    s.lab.replace_nat(0).unwrap();
+    let new = s.lab.nats[0].instance_id.clone();
+    assert_ne!(new, old);
+    assert_eq!(s.lab.elastic_ip_holder(0).as_deref(), Some(old.as_str()));
+    let t0 = Instant::now();
+    let agent = s
+        .lab
+        .start_agent(0, &s.lab.failover_config(hold_down), &[])
+        .unwrap();
+    let log = || s.lab.agent_log(agent);
+    s.lab
+        .wait_for(
+            "the address on the new NAT",
+            Duration::from_secs(20),
+            || (s.lab.elastic_ip_holder(0).as_deref() == Some(new.as_str())).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    assert!(
+        log().contains("associating this AZ's Elastic IP") && log().contains(old.as_str()),
+        "{}",
+        log()
+    );
+    // Its home table comes back after the hold-down, and AZ a's clients
+    // leave from the AZ's own address again, through the new NAT.
+    s.owner_is(0, 0, hold_down + Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    s.served_via(0, 0, t0, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = s.lab.agent_status(0).unwrap();
+    assert_eq!(status["identity"]["instance_id"], new.as_str(), "{status}");
+    assert_eq!(
+        status["dataplane"]["elastic_ip"]["state"], "associated",
+        "{status}"
+    );
+    // AZ b's address never moved.
+    assert_eq!(
+        s.lab.elastic_ip_holder(1).as_deref(),
+        Some(s.lab.nats[1].instance_id.as_str())
+    );
+}
+
+#[test]
 fn partitioned_nats_do_not_flap() {
     let secs: u64 = std::env::var("NATRON_PARTITION_SECS")
         .ok()
