@@ -85,6 +85,8 @@ pub struct Coordinator {
 struct LoopState {
     instances: Vec<GroupInstance>,
     instances_at: Option<Instant>,
+    /// The same moment on the wall clock heartbeats are compared with.
+    instances_read_ms: u64,
     tables: Vec<RouteTable>,
     tables_at: Option<Instant>,
     /// Per table: its owner as last seen and since when.
@@ -223,17 +225,30 @@ impl Coordinator {
             (true, since) => since,
             (false, _) => None,
         };
-        let any_unreachable = self
+        let unreachable: Vec<String> = self
             .watch
             .trackers
             .lock()
             .expect("peers")
-            .values()
-            .any(|t| t.unreachable());
-        let heartbeat_due = any_unreachable
-            && st
+            .iter()
+            .filter(|(_, t)| t.unreachable())
+            .map(|(id, _)| id.clone())
+            .collect();
+        // While a peer is unreachable its heartbeat decides: read the group
+        // often, and at the very moment a heartbeat seen fresh turns stale.
+        let heartbeat_due = !unreachable.is_empty()
+            && (st
                 .instances_at
-                .is_none_or(|t| t.elapsed() >= self.config.heartbeat_interval / 2);
+                .is_none_or(|t| t.elapsed() >= self.config.heartbeat_interval / 2)
+                || peers::staleness_due(
+                    st.instances
+                        .iter()
+                        .filter(|i| unreachable.contains(&i.instance_id))
+                        .filter_map(|i| i.heartbeat_ms),
+                    st.instances_read_ms,
+                    unix_ms(),
+                    self.config.heartbeat_timeout,
+                ));
         if draining
             || heartbeat_due
             || st
@@ -245,6 +260,7 @@ impl Coordinator {
                 st.instances.push(self.myself.clone());
             }
             st.instances_at = Some(Instant::now());
+            st.instances_read_ms = unix_ms();
             let targets = st
                 .instances
                 .iter()

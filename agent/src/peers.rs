@@ -109,6 +109,25 @@ impl Tracker {
     }
 }
 
+/// Whether the group must be read again now because an unreachable peer's
+/// heartbeat, still fresh when the group was last read (`read_at_ms`), has
+/// since passed `timeout` on this clock: the next read then decides at
+/// once, so a dead NAT is taken over the moment its heartbeat goes stale
+/// rather than at the next periodic read. A peer still beating shows a
+/// newer heartbeat in that read, and its deadline moves on.
+pub fn staleness_due(
+    unreachable_heartbeats_ms: impl IntoIterator<Item = u64>,
+    read_at_ms: u64,
+    now_ms: u64,
+    timeout: Duration,
+) -> bool {
+    let timeout = timeout.as_millis() as u64;
+    unreachable_heartbeats_ms.into_iter().any(|beat| {
+        let stale_at = beat.saturating_add(timeout);
+        read_at_ms <= stale_at && now_ms > stale_at
+    })
+}
+
 /// Asks a peer's /readyz once.
 pub async fn observe(ip: Ipv4Addr, port: u16, timeout: Duration) -> Observation {
     match tokio::time::timeout(timeout, probe::http_get(&ip.to_string(), port, "/readyz")).await {
@@ -236,6 +255,20 @@ mod tests {
                 reason: "metadata".into()
             }
         );
+    }
+
+    #[test]
+    fn a_fresh_heartbeat_of_an_unreachable_peer_is_read_again_when_it_turns_stale() {
+        let timeout = Duration::from_millis(2500);
+        // Read at 10_000 with a beat from 9_000: stale after 11_500.
+        let due = |now| staleness_due([9_000], 10_000, now, timeout);
+        assert!(!due(11_000), "still fresh");
+        assert!(!due(11_500), "exactly at the timeout is not older than it");
+        assert!(due(11_501), "stale since the last read: read again");
+        // Already stale when read: the read in hand decided; no extra read.
+        assert!(!staleness_due([5_000], 10_000, 12_000, timeout));
+        // No unreachable peer, nothing to read for.
+        assert!(!staleness_due([], 10_000, 99_000, timeout));
     }
 
     #[test]
