@@ -213,6 +213,7 @@ impl Agent {
             port_range: parse_port_range(&self.config.nat.port_range).expect("validated"),
             fully_random: self.config.nat.fully_random,
             flowtable,
+            agent_port: self.config.http.listen.port(),
         };
         let ct = &self.config.conntrack;
         let conntrack_max = ct.max.unwrap_or_else(|| {

@@ -51,13 +51,13 @@ impl Default for NftCli {
 
 impl NftCli {
     async fn feed(&self, batch: &Nftables<'_>, check: bool) -> Result<(), NftError> {
-        let json = serde_json::to_vec(batch).map_err(|e| NftError::Parse(e.to_string()))?;
+        let json = batch_json(batch)?;
         let args: &[&str] = if check {
             &["-c", "-j", "-f", "-"]
         } else {
             &["-j", "-f", "-"]
         };
-        exec::run(&self.program, args, Some(&json), NFT_TIMEOUT).await?;
+        exec::run(&self.program, args, Some(json.as_bytes()), NFT_TIMEOUT).await?;
         Ok(())
     }
 }
@@ -98,6 +98,36 @@ fn family_name() -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| "ip".into())
+}
+
+/// A batch as `nft -j -f` reads it. The nftables crate (0.6) writes the
+/// `notrack` statement as the bare string "notrack", which nft refuses
+/// ("expected object"); nft reads and lists it as `{"notrack": null}`.
+pub fn batch_json(batch: &Nftables<'_>) -> Result<String, NftError> {
+    let mut v = serde_json::to_value(batch).map_err(|e| NftError::Parse(e.to_string()))?;
+    canonical_statements(&mut v);
+    Ok(v.to_string())
+}
+
+/// Rewrites statements the crate and nft spell differently into nft's
+/// spelling, inside every rule's `expr` list.
+fn canonical_statements(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if let (true, Value::Array(statements)) = (key == "expr", &mut *value) {
+                    for st in statements.iter_mut() {
+                        if st.as_str() == Some("notrack") {
+                            *st = serde_json::json!({ "notrack": null });
+                        }
+                    }
+                }
+                canonical_statements(value);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(canonical_statements),
+        _ => {}
+    }
 }
 
 /// Parses `nft -j list` output into its objects, without the metainfo.
@@ -142,6 +172,7 @@ pub fn normalize(objects: &[Value]) -> Vec<Value> {
     }
     let mut out = objects.to_vec();
     out.iter_mut().for_each(walk);
+    out.iter_mut().for_each(canonical_statements);
     out
 }
 
@@ -313,7 +344,27 @@ mod tests {
             port_range: (1024, 65535),
             fully_random: false,
             flowtable: false,
+            agent_port: 9100,
         })
+    }
+
+    #[test]
+    fn notrack_is_written_and_compared_in_nfts_spelling() {
+        let json = batch_json(&ruleset::apply_batch(&desired())).unwrap();
+        assert_eq!(json.matches(r#"{"notrack":null}"#).count(), 3, "{json}");
+        assert!(!json.contains(r#""notrack"]"#), "{json}");
+        // The crate's spelling (rendered) and nft's (listed) compare equal.
+        let rendered = serde_json::to_value(desired()).unwrap();
+        let listed: Vec<Value> = serde_json::from_str(&json)
+            .map(|v: Value| {
+                v["nftables"].as_array().unwrap()[2..]
+                    .iter()
+                    .map(|cmd| cmd["add"].clone())
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(normalize(&listed), normalize(rendered.as_array().unwrap()));
+        assert_ne!(&listed, rendered.as_array().unwrap());
     }
 
     #[tokio::test]

@@ -11,8 +11,8 @@ use std::borrow::Cow;
 
 use ipnet::Ipv4Net;
 use nftables::expr::{
-    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
-    RTKey, TcpOption, CT, RT,
+    BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload,
+    PayloadField, Prefix, RTKey, TcpOption, CT, RT,
 };
 use nftables::schema::{
     Chain, FlowTable, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType,
@@ -41,6 +41,9 @@ pub mod rule {
     pub const DROP_OTHER: &str = "drop-other";
     pub const MASQUERADE: &str = "masquerade";
     pub const MASQUERADE_OTHER: &str = "masquerade-other";
+    pub const UNTRACKED_TO_AGENT: &str = "untracked-to-agent";
+    pub const UNTRACKED_LOCAL_TO_AGENT: &str = "untracked-local-to-agent";
+    pub const UNTRACKED_FROM_AGENT: &str = "untracked-from-agent";
 }
 
 /// Everything the ruleset depends on.
@@ -54,6 +57,9 @@ pub struct RulesetSpec {
     pub fully_random: bool,
     /// Whether to add the flowtable fast path (only when the kernel has it).
     pub flowtable: bool,
+    /// The agent's HTTP port: requests to it (peers' health checks, local
+    /// scrapes) and its answers are kept out of connection tracking.
+    pub agent_port: u16,
 }
 
 /// The table's contents as `nft -j list table` shows them (handles and
@@ -90,6 +96,19 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
         100,
         NfChainPolicy::Accept,
     ));
+    // At raw priority, before connection tracking sees the packet.
+    for (name, hook) in [
+        ("raw-prerouting", NfHook::Prerouting),
+        ("raw-output", NfHook::Output),
+    ] {
+        objects.push(base_chain(
+            name,
+            NfChainType::Filter,
+            hook,
+            RAW_PRIORITY,
+            NfChainPolicy::Accept,
+        ));
+    }
 
     let mut forward = vec![
         // Invalid state first: nothing after it should see such packets.
@@ -236,7 +255,59 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
         })),
     ]);
     objects.push(rule_in("postrouting", rule::MASQUERADE_OTHER, other));
+    objects.extend(untracked_agent_traffic(spec.agent_port));
     objects
+}
+
+/// nft's `raw` priority: before conntrack (-200).
+const RAW_PRIORITY: i32 = -300;
+
+/// Requests to this agent (peers' /readyz checks, scrapes on the instance)
+/// and its answers bypass connection tracking, so a full table (every new
+/// flow dropped) does not silence the agent: its peers still hear its own
+/// verdict (ready while its egress probes get through, 503 once they
+/// cannot, and then they take its tables over) instead of seeing an
+/// unreachable NAT with a fresh heartbeat, a partition that changes
+/// nothing; and its /metrics and /status still show the drops. What
+/// matches: packets from the sources addressed to this instance itself
+/// (`fib daddr type local`), local requests on loopback, and the agent's
+/// answers (the output hook sees only what this instance sends, never
+/// forwarded packets). Replies from the internet to clients masqueraded to
+/// this port come from outside the sources: still tracked and translated.
+fn untracked_agent_traffic(port: u16) -> Vec<NfListObject<'static>> {
+    let port = || Expression::Number(port.into());
+    vec![
+        rule_in(
+            "raw-prerouting",
+            rule::UNTRACKED_TO_AGENT,
+            vec![
+                matches(ip("saddr"), set_ref(SOURCES_SET)),
+                matches(
+                    Expression::Named(NamedExpression::Fib(Fib {
+                        result: FibResult::Type,
+                        flags: [FibFlag::Daddr].into_iter().collect(),
+                    })),
+                    str_expr("local"),
+                ),
+                matches(payload("tcp", "dport"), port()),
+                Statement::Notrack,
+            ],
+        ),
+        rule_in(
+            "raw-output",
+            rule::UNTRACKED_LOCAL_TO_AGENT,
+            vec![
+                matches(meta(MetaKey::Oifname), str_expr("lo")),
+                matches(payload("tcp", "dport"), port()),
+                Statement::Notrack,
+            ],
+        ),
+        rule_in(
+            "raw-output",
+            rule::UNTRACKED_FROM_AGENT,
+            vec![matches(payload("tcp", "sport"), port()), Statement::Notrack],
+        ),
+    ]
 }
 
 /// One transaction that creates natron's table or replaces it whole: the
@@ -448,6 +519,7 @@ mod tests {
             port_range: (1024, 65535),
             fully_random: false,
             flowtable: false,
+            agent_port: 9100,
         }
     }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client 10.0.10.10, .11 ── rtr (VPC router + IGW) ── nat 10.0.0.10 (one interface, eth0)
-//!                               └── inet 198.51.100.10 (iperf3, echo, whoami-and-close, UDP flow counter)
+//!                               └── inet 198.51.100.10 (iperf3, echo, whoami-and-close, connection holders)
 //! ```
 //!
 //! The router sends what arrives from the client subnet to the NAT (policy
@@ -11,8 +11,8 @@
 //! The NAT forwards out of the interface it received on, as on EC2. Without
 //! translation (variant `plain`) replies return to the client directly.
 
-use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ const CLIENT_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 10, 10), Ipv4Addr::new(1
 const NAT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const ECHO_PORT: u16 = 7;
 const CLOSE_PORT: u16 = 9001;
-const FLOW_PORT: u16 = 9003;
+const HOLD_PORT: u16 = 9004;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -71,8 +71,8 @@ pub struct Topology {
     client_rt: NsRuntime,
     inet_rt: NsRuntime,
     iperf: Option<std::process::Child>,
-    /// Distinct sources the flow server has seen.
-    seen: Arc<std::sync::Mutex<HashSet<SocketAddr>>>,
+    /// Output of the helper processes.
+    dir: PathBuf,
     /// Whether the kernel accepted natron's flowtable.
     pub flowtable: bool,
 }
@@ -86,6 +86,7 @@ impl Drop for Topology {
         for ns in [&self.client, &self.rtr, &self.nat, &self.inet] {
             netns::delete(ns);
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -137,6 +138,9 @@ impl Topology {
             netns::create(n)?;
         }
         let [client, rtr, nat, inet] = names;
+        let dir = std::env::temp_dir().join(p.trim_end_matches('-'));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::Setup(format!("{}: {e}", dir.display())))?;
         let mut topo = Topology {
             client_rt: NsRuntime::new(&client)?,
             inet_rt: NsRuntime::new(&inet)?,
@@ -145,7 +149,7 @@ impl Topology {
             nat,
             inet,
             iperf: None,
-            seen: Arc::default(),
+            dir,
             flowtable: false,
         };
         topo.wire()?;
@@ -225,15 +229,12 @@ impl Topology {
             std::path::Path::new("/dev/null"),
         )?;
         self.iperf = Some(iperf);
-        let seen = self.seen.clone();
         self.inet_rt
             .run(async move {
                 let bind = |port| TcpListener::bind((SERVER, port));
                 let (echo, close) = (bind(ECHO_PORT).await?, bind(CLOSE_PORT).await?);
-                let flows = tokio::net::UdpSocket::bind((SERVER, FLOW_PORT)).await?;
                 tokio::spawn(serve_echo(echo));
                 tokio::spawn(serve_close(close));
-                tokio::spawn(count_flows(flows, seen));
                 Ok::<(), std::io::Error>(())
             })
             .map_err(|e| LabError::Setup(format!("servers in {inet}: {e}")))?;
@@ -244,6 +245,15 @@ impl Topology {
     /// Resets the NAT namespace (no rules, empty conntrack), then applies
     /// `variant`'s configuration.
     pub fn set_variant(&self, variant: Variant) -> Result<(), LabError> {
+        self.set_variant_with_ports(variant, (1024, 65535))
+    }
+
+    /// As [`Topology::set_variant`], natron's masquerade limited to `ports`.
+    pub fn set_variant_with_ports(
+        &self,
+        variant: Variant,
+        ports: (u16, u16),
+    ) -> Result<(), LabError> {
         exec::in_ns(&self.nat, "nft", &["flush", "ruleset"])?;
         let _ = exec::in_ns(&self.nat, "conntrack", &["-F"]);
         match variant {
@@ -265,23 +275,34 @@ impl Topology {
                 )?;
             }
             Variant::Natron | Variant::NatronFullyRandom => {
-                let spec = RulesetSpec {
+                self.apply_ruleset(&RulesetSpec {
                     egress: "eth0".into(),
                     sources: vec!["10.0.0.0/16".parse().expect("cidr")],
-                    port_range: (1024, 65535),
+                    port_range: ports,
                     fully_random: variant == Variant::NatronFullyRandom,
                     flowtable: self.flowtable,
-                };
-                let batch = serde_json::to_string(&ruleset::apply_batch(&ruleset::render(&spec)))
-                    .map_err(|e| LabError::Setup(format!("ruleset: {e}")))?;
-                exec::run_with_input(
-                    "ip",
-                    &["netns", "exec", &self.nat, "nft", "-j", "-f", "-"],
-                    Some(&batch),
-                )?;
+                    agent_port: crate::lab::AGENT_PORT,
+                })?;
             }
         }
         Ok(())
+    }
+
+    /// Loads natron's table as the agent does: one atomic batch.
+    pub fn apply_ruleset(&self, spec: &RulesetSpec) -> Result<(), LabError> {
+        let batch = natron_agent::nft::batch_json(&ruleset::apply_batch(&ruleset::render(spec)))
+            .map_err(|e| LabError::Setup(format!("ruleset: {e}")))?;
+        exec::run_with_input(
+            "ip",
+            &["netns", "exec", &self.nat, "nft", "-j", "-f", "-"],
+            Some(&batch),
+        )
+        .map(|_| ())
+    }
+
+    /// `nft -j list table ip natron` in the NAT namespace.
+    pub fn list_natron_table(&self) -> Result<String, LabError> {
+        exec::in_ns(&self.nat, "nft", &["-j", "list", "table", "ip", "natron"])
     }
 
     /// The source address the server sees: the NAT's when translated.
@@ -407,29 +428,20 @@ impl Topology {
         })
     }
 
-    /// Flows to one destination (server:9003/udp) from both client
-    /// addresses, one per source port, up to `limit`, sent within a few
-    /// seconds (a UDP flow stays tracked 30 s): how many distinct sources
-    /// the server saw. Through a NAT that is the number of ports it could
-    /// allocate towards that destination. Each socket is closed right after
-    /// its datagram (the flow lives on in conntrack), so no process needs
-    /// thousands of open files.
-    pub fn max_concurrent(&self, limit: usize) -> Result<usize, LabError> {
-        self.seen.lock().expect("seen").clear();
-        let per_ip = limit.div_ceil(CLIENT_IPS.len());
-        self.client_rt
-            .run(async move {
-                for ip in CLIENT_IPS {
-                    for port in (1024..=u16::MAX).take(per_ip) {
-                        let socket = tokio::net::UdpSocket::bind((ip, port)).await?;
-                        socket.send_to(b"x", (SERVER, FLOW_PORT)).await?;
-                    }
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .map_err(|e| LabError::Setup(format!("flows from {}: {e}", self.client)))?;
-        std::thread::sleep(Duration::from_secs(1));
-        Ok(self.seen.lock().expect("seen").len())
+    /// TCP connections held at once to one destination (server:9004),
+    /// from both client addresses, `limit` tried: through a NAT, the ports
+    /// it could allocate towards that destination. `helper` is the
+    /// natron-lab binary (its `hold` subcommand holds the connections).
+    pub fn max_concurrent(&self, helper: &Path, limit: usize) -> Result<usize, LabError> {
+        crate::hold::concurrent_connections(&crate::hold::Plan {
+            helper,
+            client_ns: &self.client,
+            server_ns: &self.inet,
+            server: SocketAddr::from((SERVER, HOLD_PORT)),
+            from: &CLIENT_IPS,
+            total: limit,
+            dir: &self.dir,
+        })
     }
 
     /// `n` distinct UDP flows through the NAT, within seconds: each client
@@ -519,16 +531,5 @@ async fn serve_close(listener: TcpListener) {
         tokio::spawn(async move {
             let _ = s.write_all(peer.ip().to_string().as_bytes()).await;
         });
-    }
-}
-
-/// Records the source of every datagram.
-async fn count_flows(
-    socket: tokio::net::UdpSocket,
-    seen: Arc<std::sync::Mutex<HashSet<SocketAddr>>>,
-) {
-    let mut b = [0u8; 16];
-    while let Ok((_, peer)) = socket.recv_from(&mut b).await {
-        seen.lock().expect("seen").insert(peer);
     }
 }

@@ -593,6 +593,15 @@ impl Lab {
         })
     }
 
+    /// Fills NAT `az`'s conntrack table with `flows` assured flows inside
+    /// its namespace, then tries `extra` new ones (refused when full).
+    pub fn fill_conntrack(&self, az: usize, flows: usize, extra: usize) -> std::io::Result<()> {
+        self.run_in(
+            &self.nats[az].ns,
+            crate::conntrack::fill_with_assured_flows(flows, extra),
+        )
+    }
+
     /// NAT `az` dies: its agents are SIGKILLed and its links go down.
     pub fn kill_nat(&self, az: usize) -> Result<(), LabError> {
         let nat = &self.nats[az];

@@ -7,10 +7,12 @@
 //! of it. Nothing is created in, or sent to, the host's own network.
 
 pub mod boot;
+pub mod conntrack;
 pub mod dataplane;
 pub mod emulator;
 pub mod exec;
 pub mod faults;
+pub mod hold;
 pub mod imds;
 pub mod internet;
 pub mod lab;

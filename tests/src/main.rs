@@ -40,12 +40,49 @@ enum Command {
         #[arg(long, default_value = "240")]
         bound_secs: u64,
     },
+    /// Helper of the data-plane bench: hold many TCP connections open
+    /// (natron_lab::hold). Runs until killed.
+    #[command(hide = true)]
+    Hold {
+        /// Accept and keep every connection on this address.
+        #[arg(long, conflicts_with = "connect")]
+        listen: Option<std::net::SocketAddr>,
+        /// Open `count` connections to this address from `from`.
+        #[arg(long, requires_all = ["from", "count"])]
+        connect: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        from: Option<std::net::Ipv4Addr>,
+        #[arg(long)]
+        count: Option<usize>,
+        /// Give up on a connection after this long.
+        #[arg(long, default_value = "2000")]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo => demo(),
         Command::Bench(options) => bench::run(options),
+        Command::Hold {
+            listen,
+            connect,
+            from,
+            count,
+            timeout_ms,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            match (listen, connect, from, count) {
+                (Some(addr), None, _, _) => runtime.block_on(natron_lab::hold::listen(addr))?,
+                (None, Some(to), Some(from), Some(count)) => runtime.block_on(
+                    natron_lab::hold::connect(to, from, count, Duration::from_millis(timeout_ms)),
+                )?,
+                _ => {
+                    anyhow::bail!("hold: give --listen ADDR, or --connect ADDR --from IP --count N")
+                }
+            }
+            Ok(())
+        }
         Command::BootTest {
             image,
             arch,

@@ -399,3 +399,39 @@ fn unreachable_metadata_service_gives_503_with_the_reason() {
     assert_eq!(lab.agent_get(0, "/healthz").unwrap().0, 200);
     assert!(lab.nft_table(&lab.nats[0].ns, "ip", "natron").is_none());
 }
+
+/// A conntrack table full of flows the kernel may not evict refuses new
+/// flows, but not those to the agent's own port (ruleset rules
+/// `untracked-*`): a scrape on the instance and a peer's check over the VPC
+/// still get answers, and the refused flows are counted.
+#[test]
+fn a_full_conntrack_table_leaves_the_agents_endpoints_reachable() {
+    let lab = lab();
+    let agent = lab.start_agent(0, &lab.agent_config(), &[]).unwrap();
+    wait_claimed(&lab, agent);
+    let max = lab.agent_status(0).unwrap()["dataplane"]["conntrack"]["max"]
+        .as_u64()
+        .expect("conntrack max in /status");
+    lab.fill_conntrack(0, max as usize, 5_000).unwrap();
+    // Over loopback, as a scrape on the instance: the drops are counted.
+    lab.wait_for("refused flows counted", Duration::from_secs(10), || {
+        (metric(&lab, "natron_conntrack_drops_total") > 0.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", lab.agent_log(agent)));
+    assert!(
+        lab.agent_log(agent)
+            .contains("conntrack table full: new flows are being dropped"),
+        "{}",
+        lab.agent_log(agent)
+    );
+    // From another host of the VPC, as a peer asks.
+    let nat = lab.nats[0].ip.to_string();
+    let answer = lab.run_in(&lab.clients[0].ns, async move {
+        let get = natron_agent::probe::http_get(&nat, natron_lab::lab::AGENT_PORT, "/readyz");
+        tokio::time::timeout(Duration::from_secs(3), get).await
+    });
+    let (code, body) = answer
+        .unwrap_or_else(|_| panic!("no answer from the agent over the VPC"))
+        .unwrap_or_else(|e| panic!("agent over the VPC: {e}"));
+    assert!(code == 200 || code == 503, "{code} {body}");
+}

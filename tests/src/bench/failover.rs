@@ -58,14 +58,22 @@ fn unplanned(kill: bool) -> Result<(f64, Option<(f64, f64)>), String> {
     ))
 }
 
-/// A NAT killed while both agents run with production default timings
-/// (only the probe targets are the lab's).
-fn dead_with_defaults() -> Result<f64, String> {
-    let s = TwoAzs::start_with(|_| super::default_config())?;
+/// An unplanned failure (`kill`: the NAT dies, else its egress breaks)
+/// while both agents run with production default timings, `extra` TOML
+/// appended (only the probe targets are the lab's): the outage in seconds.
+fn unplanned_with_defaults(kill: bool, extra: &str) -> Result<f64, String> {
+    let s = TwoAzs::start_with(|_| format!("{}{extra}", super::default_config()))?;
     let t0 = Instant::now();
-    s.lab.kill_nat(0).map_err(|e| e.to_string())?;
+    if kill {
+        s.lab.kill_nat(0).map_err(|e| e.to_string())?;
+    } else {
+        s.lab.break_egress(0).map_err(|e| e.to_string())?;
+    }
     Ok(secs(s.served_via(0, 1, t0, Duration::from_secs(30))?))
 }
+
+/// The one setting the dead-NAT figure with defaults hinges on.
+const SHORT_HEARTBEAT_TIMEOUT: &str = "\n[failover]\nheartbeat_timeout = \"2s\"\n";
 
 /// Planned handoff: probe time lost around SIGTERM.
 fn planned() -> Result<f64, String> {
@@ -145,6 +153,14 @@ pub fn run(runs: usize, partition_secs: u64) -> Result<String, String> {
         "NAT dead, production default timings",
         "p50 <= 2 s, p99 <= 3 s",
     );
+    let mut egress_defaults = Series::new(
+        "NAT egress broken, production default timings",
+        "p50 <= 2 s, p99 <= 3 s",
+    );
+    let mut dead_short = Series::new(
+        "NAT dead, defaults but `failover.heartbeat_timeout = \"2s\"`",
+        "p50 <= 2 s, p99 <= 3 s",
+    );
     let mut failback = Series::new(
         "failback after hold-down, probe time lost",
         "(no goal; should be ~0)",
@@ -158,7 +174,15 @@ pub fn run(runs: usize, partition_secs: u64) -> Result<String, String> {
             failback.values.push(lost);
         }
         handoff.values.push(planned()?);
-        dead_defaults.values.push(dead_with_defaults()?);
+        dead_defaults
+            .values
+            .push(unplanned_with_defaults(true, "")?);
+        egress_defaults
+            .values
+            .push(unplanned_with_defaults(false, "")?);
+        dead_short
+            .values
+            .push(unplanned_with_defaults(true, SHORT_HEARTBEAT_TIMEOUT)?);
     }
     eprintln!("partition run ({partition_secs} s)");
     let (flaps, partition_loss) = partition(partition_secs)?;
@@ -178,7 +202,15 @@ pub fn run(runs: usize, partition_secs: u64) -> Result<String, String> {
     println(String::new());
     println("| failure | runs | p50 | p99 | max | goal |".into());
     println("|---|---|---|---|---|---|".into());
-    for s in [&kill, &egress, &handoff, &failback, &dead_defaults] {
+    for s in [
+        &kill,
+        &egress,
+        &handoff,
+        &failback,
+        &dead_defaults,
+        &egress_defaults,
+        &dead_short,
+    ] {
         let mut v = s.values.clone();
         v.sort_by(f64::total_cmp);
         println(format!(

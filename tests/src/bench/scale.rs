@@ -54,6 +54,9 @@ fn capacity() -> Result<String, String> {
     Ok(out)
 }
 
+/// New flows tried once the table is full of assured ones.
+const EXTRA_FLOWS: usize = 20_000;
+
 fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|l| {
         l.strip_prefix(name)
@@ -62,8 +65,9 @@ fn metric(body: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// A running agent whose NAT's conntrack table fills up: flows from the
-/// NAT's own namespace to 127.0.0.1 (they stay inside it) past the limit.
+/// A running agent whose NAT's conntrack table fills up with flows the
+/// kernel may not evict (`Lab::fill_conntrack`); then new flows are
+/// refused, which the agent must count, report and survive.
 fn full_table() -> Result<String, String> {
     let lab = Lab::start(LabSpec::with_azs(1)).map_err(|e| e.to_string())?;
     let id = lab
@@ -76,25 +80,11 @@ fn full_table() -> Result<String, String> {
     let max = status["dataplane"]["conntrack"]["max"]
         .as_u64()
         .unwrap_or(0);
-    let flows = max as usize + 20_000;
+    let flows = max as usize;
     let ns = lab.nats[0].ns.clone();
     let t0 = Instant::now();
-    lab.run_in(&ns, async move {
-        let mut sent = 0;
-        'all: for port in 10_000..=u16::MAX {
-            let socket = tokio::net::UdpSocket::bind(("127.0.0.1", port)).await?;
-            for dport in 1..=64u16 {
-                if sent == flows {
-                    break 'all;
-                }
-                // Refused sends (a full table) are the point; go on.
-                let _ = socket.send_to(b"x", ("127.0.0.1", dport)).await;
-                sent += 1;
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    })
-    .map_err(|e| format!("flows in {ns}: {e}"))?;
+    lab.fill_conntrack(0, flows, EXTRA_FLOWS)
+        .map_err(|e| format!("flows in {ns}: {e}"))?;
     let filled_in = t0.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     let (_, metrics) = lab.agent_get(0, "/metrics")?;
@@ -109,27 +99,28 @@ fn full_table() -> Result<String, String> {
     let nearly_full = status["dataplane"]["conntrack"]["nearly_full"] == true;
     let warned_full = log.contains("conntrack table at 90 %");
     let warned_drops = log.contains("conntrack table full: new flows are being dropped");
-    // Unanswered UDP entries expire after 30 s; the agent must still be
-    // there, and ready again once its egress probes pass.
+    // Assured UDP entries expire 120 s after their last packet; the agent
+    // must still be there, and ready again once its egress probes pass.
     let recovered = lab
         .wait_for(
             "ready after the table drains",
-            Duration::from_secs(60),
+            Duration::from_secs(200),
             || matches!(lab.agent_get(0, "/readyz"), Ok((200, _))).then_some(()),
         )
         .is_ok();
     let alive = lab.wait_agent_exit(id, Duration::from_millis(10)).is_none();
     Ok(format!(
-        "A full table under a running agent ({flows} flows into a limit of {max}, sent in {:.1} s \
-         inside NAT-A's namespace):\n\n\
+        "A full table under a running agent: {flows} answered UDP flows (the limit) inside NAT-A's \
+         namespace, touched again after 2 s so the kernel marks them assured and may not evict them, \
+         then {EXTRA_FLOWS} new flows; {:.1} s in all:\n\n\
          | what | seen |\n|---|---|\n\
          | entries at the peak (/status) | {entries} |\n\
          | `natron_conntrack_drops_total` (packets refused) | {drops} |\n\
-         | `natron_conntrack_early_drops_total` (unconfirmed entries evicted for room) | {early} |\n\
+         | `natron_conntrack_early_drops_total` (unassured entries evicted for room) | {early} |\n\
          | /status `dataplane.conntrack.nearly_full` | {nearly_full} |\n\
          | warning logged at 90 % / when dropping | {warned_full} / {warned_drops} |\n\
-         | /readyz while full | {} |\n\
-         | agent still running, ready again after the flows expired | {alive}, {recovered} |\n",
+         | /readyz while full (its egress probes need new flows too) | {} |\n\
+         | agent still running, ready again after the flows expired (120 s) | {alive}, {recovered} |\n",
         filled_in.as_secs_f64(),
         match ready_while_full {
             Ok(code) => code.to_string(),
