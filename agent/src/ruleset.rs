@@ -280,7 +280,10 @@ fn untracked_agent_traffic(port: u16) -> Vec<NfListObject<'static>> {
         rule_in(
             "raw-prerouting",
             rule::UNTRACKED_TO_AGENT,
+            // Every forwarded packet passes here: the cheap port test
+            // first, the set and route lookups only for what remains.
             vec![
+                matches(payload("tcp", "dport"), port()),
                 matches(ip("saddr"), set_ref(SOURCES_SET)),
                 matches(
                     Expression::Named(NamedExpression::Fib(Fib {
@@ -289,7 +292,6 @@ fn untracked_agent_traffic(port: u16) -> Vec<NfListObject<'static>> {
                     })),
                     str_expr("local"),
                 ),
-                matches(payload("tcp", "dport"), port()),
                 Statement::Notrack,
             ],
         ),

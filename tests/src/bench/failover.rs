@@ -31,10 +31,19 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// When, within the agents' one-second cycles (heartbeat, egress probe
+/// rounds), run `i` of `runs` strikes: evenly spread over one second. The
+/// labs start alike, so a failure injected at once would hit every run at
+/// the same phase of those cycles and measure that phase only.
+fn phase(i: usize, runs: usize) -> Duration {
+    Duration::from_secs_f64(i as f64 / runs.max(1) as f64)
+}
+
 /// Unplanned failure: kill or egress break, time to first answer via NAT-B;
 /// for the egress case also the failback once egress returns.
-fn unplanned(kill: bool) -> Result<(f64, Option<(f64, f64)>), String> {
+fn unplanned(kill: bool, phase: Duration) -> Result<(f64, Option<(f64, f64)>), String> {
     let s = TwoAzs::start(HOLD_DOWN)?;
+    std::thread::sleep(phase);
     let t0 = Instant::now();
     if kill {
         s.lab.kill_nat(0).map_err(|e| e.to_string())?;
@@ -61,8 +70,9 @@ fn unplanned(kill: bool) -> Result<(f64, Option<(f64, f64)>), String> {
 /// An unplanned failure (`kill`: the NAT dies, else its egress breaks)
 /// while both agents run with production default timings, `extra` TOML
 /// appended (only the probe targets are the lab's): the outage in seconds.
-fn unplanned_with_defaults(kill: bool, extra: &str) -> Result<f64, String> {
+fn unplanned_with_defaults(kill: bool, extra: &str, phase: Duration) -> Result<f64, String> {
     let s = TwoAzs::start_with(|_| format!("{}{extra}", super::default_config()))?;
+    std::thread::sleep(phase);
     let t0 = Instant::now();
     if kill {
         s.lab.kill_nat(0).map_err(|e| e.to_string())?;
@@ -167,8 +177,9 @@ pub fn run(runs: usize, partition_secs: u64) -> Result<String, String> {
     );
     for i in 0..runs {
         eprintln!("run {}/{runs}", i + 1);
-        kill.values.push(unplanned(true)?.0);
-        let (outage, back) = unplanned(false)?;
+        let at = phase(i, runs);
+        kill.values.push(unplanned(true, at)?.0);
+        let (outage, back) = unplanned(false, at)?;
         egress.values.push(outage);
         if let Some((lost, _)) = back {
             failback.values.push(lost);
@@ -176,13 +187,13 @@ pub fn run(runs: usize, partition_secs: u64) -> Result<String, String> {
         handoff.values.push(planned()?);
         dead_defaults
             .values
-            .push(unplanned_with_defaults(true, "")?);
+            .push(unplanned_with_defaults(true, "", at)?);
         egress_defaults
             .values
-            .push(unplanned_with_defaults(false, "")?);
+            .push(unplanned_with_defaults(false, "", at)?);
         dead_short
             .values
-            .push(unplanned_with_defaults(true, SHORT_HEARTBEAT_TIMEOUT)?);
+            .push(unplanned_with_defaults(true, SHORT_HEARTBEAT_TIMEOUT, at)?);
     }
     eprintln!("partition run ({partition_secs} s)");
     let (flaps, partition_loss) = partition(partition_secs)?;
@@ -196,7 +207,10 @@ pub fn run(runs: usize, partition_secs: u64) -> Result<String, String> {
     println(format!(
         "{runs} runs of each failure, each in a fresh two-AZ lab with the lab's failover timings \
          (peer checks every 200 ms, 3 misses; heartbeat timeout 1.2 s; hold-down {} s). \
-         Outage: from the failure to the first answer through the other NAT, as seen by a 50 ms prober.",
+         Outage: from the failure to the first answer through the other NAT, as seen by a 50 ms prober. \
+         Unplanned failures strike at instants spread evenly over one second across the runs \
+         (run i waits i/{runs} s once the lab is ready), so that every phase of the agents' \
+         one-second cycles (heartbeat, egress probe rounds) is sampled.",
         HOLD_DOWN.as_secs()
     ));
     println(String::new());
