@@ -275,17 +275,24 @@ impl Topology {
                 )?;
             }
             Variant::Natron | Variant::NatronFullyRandom => {
-                self.apply_ruleset(&RulesetSpec {
-                    egress: "eth0".into(),
-                    sources: vec!["10.0.0.0/16".parse().expect("cidr")],
-                    port_range: ports,
-                    fully_random: variant == Variant::NatronFullyRandom,
-                    flowtable: self.flowtable,
-                    agent_port: crate::lab::AGENT_PORT,
-                })?;
+                self.apply_ruleset(
+                    &self.natron_spec(variant == Variant::NatronFullyRandom, ports),
+                )?;
             }
         }
         Ok(())
+    }
+
+    /// natron's ruleset for this NAT, as the agent would derive it.
+    pub fn natron_spec(&self, fully_random: bool, ports: (u16, u16)) -> RulesetSpec {
+        RulesetSpec {
+            egress: "eth0".into(),
+            sources: vec!["10.0.0.0/16".parse().expect("cidr")],
+            port_range: ports,
+            fully_random,
+            flowtable: self.flowtable,
+            agent_port: crate::lab::AGENT_PORT,
+        }
     }
 
     /// Loads natron's table as the agent does: one atomic batch.

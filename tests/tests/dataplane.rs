@@ -27,17 +27,10 @@ fn each_variant_translates_as_named() {
 #[test]
 fn the_kernel_lists_natrons_table_exactly_as_rendered() {
     use natron_agent::nft::{normalize, parse_listing};
-    use natron_agent::ruleset::{render, RulesetSpec};
+    use natron_agent::ruleset::render;
     let topo = Topology::build().unwrap_or_else(|e| panic!("{e}"));
     for (fully_random, ports) in [(false, (1024, 65535)), (true, (20_000, 29_999))] {
-        let spec = RulesetSpec {
-            egress: "eth0".into(),
-            sources: vec!["10.0.0.0/16".parse().unwrap()],
-            port_range: ports,
-            fully_random,
-            flowtable: topo.flowtable,
-            agent_port: natron_lab::lab::AGENT_PORT,
-        };
+        let spec = topo.natron_spec(fully_random, ports);
         topo.apply_ruleset(&spec).unwrap();
         let listed = topo.list_natron_table().unwrap();
         let rendered = serde_json::to_value(render(&spec)).unwrap();

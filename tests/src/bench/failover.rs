@@ -39,10 +39,9 @@ fn phase(i: usize, runs: usize) -> Duration {
     Duration::from_secs_f64(i as f64 / runs.max(1) as f64)
 }
 
-/// Unplanned failure: kill or egress break, time to first answer via NAT-B;
-/// for the egress case also the failback once egress returns.
-fn unplanned(kill: bool, phase: Duration) -> Result<(f64, Option<(f64, f64)>), String> {
-    let s = TwoAzs::start(HOLD_DOWN)?;
+/// After `phase`, NAT-A dies (`kill`) or loses its egress; the time from
+/// then to AZ a's first answer through NAT-B, waited for up to `timeout`.
+fn strike(s: &TwoAzs, kill: bool, phase: Duration, timeout: Duration) -> Result<f64, String> {
     std::thread::sleep(phase);
     let t0 = Instant::now();
     if kill {
@@ -50,9 +49,16 @@ fn unplanned(kill: bool, phase: Duration) -> Result<(f64, Option<(f64, f64)>), S
     } else {
         s.lab.break_egress(0).map_err(|e| e.to_string())?;
     }
-    let outage = s.served_via(0, 1, t0, Duration::from_secs(20))?;
+    Ok(secs(s.served_via(0, 1, t0, timeout)?))
+}
+
+/// Unplanned failure: kill or egress break, time to first answer via NAT-B;
+/// for the egress case also the failback once egress returns.
+fn unplanned(kill: bool, phase: Duration) -> Result<(f64, Option<(f64, f64)>), String> {
+    let s = TwoAzs::start(HOLD_DOWN)?;
+    let outage = strike(&s, kill, phase, Duration::from_secs(20))?;
     if kill {
-        return Ok((secs(outage), None));
+        return Ok((outage, None));
     }
     let t1 = Instant::now();
     s.lab.restore_egress(0).map_err(|e| e.to_string())?;
@@ -62,7 +68,7 @@ fn unplanned(kill: bool, phase: Duration) -> Result<(f64, Option<(f64, f64)>), S
     let lost = s.probes[0].lost_between(t1, moved + Duration::from_millis(300));
     let longest = s.probes[0].longest_loss(t1, moved + Duration::from_millis(300));
     Ok((
-        secs(outage),
+        outage,
         Some((lost as f64 * PERIOD.as_secs_f64(), secs(longest))),
     ))
 }
@@ -72,14 +78,7 @@ fn unplanned(kill: bool, phase: Duration) -> Result<(f64, Option<(f64, f64)>), S
 /// appended (only the probe targets are the lab's): the outage in seconds.
 fn unplanned_with_defaults(kill: bool, extra: &str, phase: Duration) -> Result<f64, String> {
     let s = TwoAzs::start_with(|_| format!("{}{extra}", super::default_config()))?;
-    std::thread::sleep(phase);
-    let t0 = Instant::now();
-    if kill {
-        s.lab.kill_nat(0).map_err(|e| e.to_string())?;
-    } else {
-        s.lab.break_egress(0).map_err(|e| e.to_string())?;
-    }
-    Ok(secs(s.served_via(0, 1, t0, Duration::from_secs(30))?))
+    strike(&s, kill, phase, Duration::from_secs(30))
 }
 
 /// The one setting the dead-NAT figure with defaults hinges on.
