@@ -1,16 +1,21 @@
-//! natron-agent's entry point: arguments, configuration, logging, the HTTP
-//! server and the control loop. Exit codes: 0 stopped cleanly, 1 runtime
-//! failure (e.g. the HTTP port is taken), 2 bad configuration.
+//! natron-agent's entry point: arguments, configuration, logging, the
+//! runtime, then `run::Agent`. Exit codes: 0 stopped cleanly, 1 runtime
+//! failure (the HTTP port is taken, a supervised task died), 2 bad
+//! configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use natron_agent::agent::{Agent, Edges, Options};
-use natron_agent::config::{self, Config};
-use natron_agent::ec2::{AwsEc2, Ec2};
-use natron_agent::{http, imds, kernel, logging, nft, notify, state};
+use natron_agent::core::config::{self, Config};
+use natron_agent::core::settings::Settings;
+use natron_agent::edge::imds::{Imds, Metadata};
+use natron_agent::report::logging;
+use natron_agent::report::status::Shared;
+use natron_agent::run::supervisor::InjectedPanic;
+use natron_agent::run::{Agent, Edges, Exit, Options};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -25,6 +30,26 @@ struct Cli {
     /// Tests only: skip disabling the source/dest check (and claim anyway).
     #[arg(long, hide = true)]
     test_skip_source_dest_check: bool,
+    /// Tests only: make the named supervised task panic.
+    #[arg(long, hide = true)]
+    test_panic_task: Option<String>,
+    /// Tests only: after this many seconds.
+    #[arg(long, hide = true, default_value_t = 5)]
+    test_panic_after_secs: u64,
+    /// Where the agent remembers its egress verdict across its own restarts
+    /// (systemd's RuntimeDirectory: kept across restarts, not reboots).
+    #[arg(long, default_value = "/run/natron")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Ask the running agent to hand this NAT's route tables to its peers
+    /// now and drain (the image runs this when the instance shuts down); a
+    /// plain stop or restart of the agent moves nothing.
+    Handoff,
 }
 
 fn main() -> ExitCode {
@@ -45,7 +70,13 @@ fn main() -> ExitCode {
         }
     };
     if cli.validate {
-        println!("{}: configuration is valid", cli.config.display());
+        let source = if from_user_data || !cli.config.exists() {
+            "no configuration file (the configuration is the instance's user data, or all defaults)"
+                .to_string()
+        } else {
+            format!("{}: configuration is valid", cli.config.display())
+        };
+        println!("{source}");
         return ExitCode::SUCCESS;
     }
     logging::init();
@@ -70,8 +101,11 @@ fn main() -> ExitCode {
             }
         },
     };
+    if let Some(Command::Handoff) = cli.command {
+        return runtime.block_on(handoff(&config));
+    }
     match runtime.block_on(run(config, cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             error!("{e:#}");
             ExitCode::from(1)
@@ -81,9 +115,8 @@ fn main() -> ExitCode {
 
 /// Reads the configuration from IMDS user data, waiting up to 30 s for
 /// IMDS at boot. Err: the exit code (2 invalid, 1 IMDS unreachable) and why.
-async fn config_from_user_data() -> Result<Config, (u8, String)> {
-    use natron_agent::identity::Metadata;
-    let imds = imds::Imds::new();
+async fn config_from_user_data() -> Result<Settings, (u8, String)> {
+    let imds = Imds::new();
     let mut attempts = 0;
     let user_data = loop {
         match imds.get("user-data").await {
@@ -110,51 +143,59 @@ async fn config_from_user_data() -> Result<Config, (u8, String)> {
         .map_err(|e| (2, format!("invalid configuration: {e}")))
 }
 
-async fn run(config: Config, cli: Cli) -> anyhow::Result<()> {
-    let shared = Arc::new(state::Shared::new());
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
+async fn run(settings: Settings, cli: Cli) -> anyhow::Result<ExitCode> {
+    let shared = Arc::new(Shared::new());
+    let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("http.listen {}: cannot bind: {e}", config.http.listen))?;
-    info!(listen = %config.http.listen, version = env!("CARGO_PKG_VERSION"), "natron-agent starting");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let http_stop = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let server = tokio::spawn(http::serve(listener, shared.clone(), http_stop));
-    tokio::spawn(watchdog(shared.clone()));
-
-    let attempts = config.ec2.max_attempts;
-    let requests = shared.metrics.ec2_requests.clone();
-    let endpoint = config.ec2.endpoint_url.clone();
+        .map_err(|e| anyhow::anyhow!("http.listen {}: cannot bind: {e}", settings.listen))?;
+    info!(listen = %settings.listen, version = env!("CARGO_PKG_VERSION"), "natron-agent starting");
+    let inject_panic = cli.test_panic_task.map(|task| InjectedPanic {
+        task,
+        after: Duration::from_secs(cli.test_panic_after_secs),
+    });
     let agent = Agent {
-        config,
+        edges: Edges::real(&settings, &shared),
+        settings,
         options: Options {
             skip_source_dest_check: cli.test_skip_source_dest_check,
+            inject_panic,
+            state_dir: Some(cli.state_dir),
         },
         shared,
-        edges: Edges {
-            metadata: Arc::new(imds::Imds::new()),
-            nft: Arc::new(nft::NftCli::default()),
-            sysctl: Arc::new(kernel::ProcSys::default()),
-            ec2: Box::new(move |identity| {
-                let region = identity.region.clone();
-                let endpoint = endpoint.clone();
-                let requests = requests.clone();
-                Box::pin(async move {
-                    Arc::new(AwsEc2::new(&region, attempts, endpoint.as_deref(), requests).await)
-                        as Arc<dyn Ec2>
-                })
-            }),
-        },
     };
-    agent.run(shutdown_signal()).await;
-    info!("stopping; the data plane stays in place");
-    let _ = stop_tx.send(true);
-    server.await??;
-    Ok(())
+    Ok(match agent.run(listener, shutdown_signal()).await {
+        Exit::Stopped => {
+            info!("stopped; the data plane stays in place");
+            ExitCode::SUCCESS
+        }
+        Exit::TaskFailed(_) => ExitCode::from(1),
+    })
+}
+
+/// `natron-agent handoff`: asks the running agent (on this instance's
+/// loopback) to hand its route tables over, and waits until it has.
+async fn handoff(settings: &Settings) -> ExitCode {
+    use natron_contract::client::{post, GetError};
+    let port = settings.listen.port();
+    let wait = settings.failover.handoff_timeout + Duration::from_secs(10);
+    match post("127.0.0.1", port, "/handoff", wait).await {
+        Ok((200, answer)) => {
+            println!("{}", answer.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((code, answer)) => {
+            eprintln!("natron-agent handoff: HTTP {code}: {}", answer.trim());
+            ExitCode::from(1)
+        }
+        Err(GetError::Refused) => {
+            println!("natron-agent is not running on port {port}: nothing to hand over");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("natron-agent handoff: 127.0.0.1:{port}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -169,25 +210,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),
-    }
-}
-
-/// Pings systemd's watchdog while the control loop keeps making passes; a
-/// stuck loop stops the pings and systemd restarts the agent.
-async fn watchdog(shared: Arc<state::Shared>) {
-    let Some(timeout) = notify::watchdog_timeout() else {
-        return;
-    };
-    let mut tick = tokio::time::interval(timeout / 4);
-    loop {
-        tick.tick().await;
-        let age = shared
-            .last_pass
-            .lock()
-            .map(|t| t.elapsed())
-            .unwrap_or(timeout);
-        if age < timeout / 2 {
-            notify::watchdog();
-        }
     }
 }

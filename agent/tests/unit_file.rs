@@ -57,3 +57,33 @@ fn hardened_but_able_to_program_the_network() {
         .any(|p| p.contains("/proc/sys/net")));
     assert!(values("RestrictAddressFamilies")[0].contains("AF_NETLINK"));
 }
+
+#[test]
+fn restarts_keep_the_runtime_directory_and_sockets_are_plenty() {
+    assert_eq!(values("RuntimeDirectory"), vec!["natron"]);
+    assert_eq!(values("RuntimeDirectoryPreserve"), vec!["yes"]);
+    let files: u64 = values("LimitNOFILE")[0].parse().unwrap();
+    assert!(files >= 4096);
+}
+
+const HANDOFF: &str = include_str!("../natron-handoff.service");
+
+fn handoff_values(key: &str) -> Vec<&'static str> {
+    HANDOFF
+        .lines()
+        .filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .collect()
+}
+
+#[test]
+fn the_handoff_runs_at_shutdown_while_the_agent_still_runs() {
+    // Ordered after the agent: stopped before it at shutdown.
+    assert!(handoff_values("After")[0].contains("natron-agent.service"));
+    assert_eq!(handoff_values("Type"), vec!["oneshot"]);
+    assert_eq!(handoff_values("RemainAfterExit"), vec!["yes"]);
+    assert!(handoff_values("ExecStop")[0].ends_with("handoff"));
+    // Not bound to the agent: restarting the agent does not stop it.
+    for key in ["BindsTo", "PartOf", "Requires"] {
+        assert!(handoff_values(key).is_empty(), "{key}");
+    }
+}

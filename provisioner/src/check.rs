@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use crate::model::{
-    has_tag, AclEntry, Instance, Inventory, Peer, Permission, Subnet, GROUP_TAG, SUBNET_TAG,
+    has_tag, AclEntry, Instance, Inventory, Peer, Permission, RouteState, Subnet, GROUP_TAG,
+    SUBNET_TAG,
 };
 
 /// Stands for "the internet" in rule evaluation: rules that open only some
@@ -138,7 +139,7 @@ fn check_subnet(inv: &Inventory, group: &str, id: &str, out: &mut Vec<Finding>) 
         );
         return;
     };
-    if route.state.as_deref() == Some("blackhole") {
+    if route.state == Some(RouteState::Blackhole) {
         push(
             Level::Error,
             format!(

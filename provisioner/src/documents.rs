@@ -100,13 +100,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn agent_config_is_valid_for_the_agent() {
-        let text = agent_config("prod-1");
-        let config = natron_agent::config::Config::parse("user-data", &text).unwrap();
-        assert_eq!(config.group.as_deref(), Some("prod-1"));
-    }
-
-    #[test]
     fn every_write_is_scoped_to_the_group() {
         let policy = agent_policy("g", "aws");
         for statement in policy["Statement"].as_array().unwrap() {

@@ -112,9 +112,17 @@ impl Names {
         format!("natron-{group}")
     }
     pub fn auto_scaling_group(group: &str, az: &str) -> String {
-        format!("natron-{group}-{az}")
+        format!("{}{az}", Names::auto_scaling_group_prefix(group))
     }
     pub const HOOK: &'static str = "natron-handoff";
+    /// A private subnet natron creates (`--private AZ=CIDR`).
+    pub fn private_subnet(group: &str, az: &str) -> String {
+        format!("natron-{group}-private-{az}")
+    }
+    /// What every auto scaling group name of the group starts with.
+    pub fn auto_scaling_group_prefix(group: &str) -> String {
+        format!("natron-{group}-")
+    }
 }
 
 /// Group names become part of IAM, launch template and ASG names.

@@ -348,8 +348,8 @@ async fn prepare(
     };
     let layout = layout::resolve(&request, &inv, image, &architectures)
         .map_err(|errors| BadInput(errors.join("\n")))?;
-    let health_port = natron_agent::config::HttpConfig::default().listen.port();
-    let p = plan::plan(&layout, &inv, region, health_port).map_err(|c| BadInput(c.to_string()))?;
+    let p = plan::plan(&layout, &inv, region, natron_contract::AGENT_PORT)
+        .map_err(|c| BadInput(c.to_string()))?;
     println!(
         "group {} in {}: image {} ({}), {}",
         layout.group, layout.vpc_id, layout.image.id, layout.image.name, layout.instance_type

@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-pub const GROUP_TAG: &str = "natron:group";
-pub const AZ_TAG: &str = "natron:az";
+pub use natron_contract::ec2::{InstanceState, RouteState};
+pub use natron_contract::tags::{AZ as AZ_TAG, GROUP as GROUP_TAG};
 /// On a route table natron made: the private subnet it was made for.
 pub const SUBNET_TAG: &str = "natron:subnet";
 /// On a route table natron made: the table the subnet used before (its
@@ -80,7 +80,7 @@ pub struct Route {
     pub nat_gateway_id: Option<String>,
     /// Peering, transit gateway and the like, as their id.
     pub other: Option<String>,
-    pub state: Option<String>,
+    pub state: Option<RouteState>,
 }
 
 impl Route {
@@ -128,7 +128,25 @@ pub struct Permission {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Peer {
     Cidr(Ipv4Net),
-    Group(String),
+    /// A security group: known, or the one an earlier action creates.
+    Group(Ref),
+}
+
+/// An id known now, or the key of a resource an earlier action creates
+/// (the runner puts in its id once it exists).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Ref {
+    Id(String),
+    New(String),
+}
+
+impl std::fmt::Display for Ref {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ref::Id(id) => f.write_str(id),
+            Ref::New(key) => write!(f, "<new {key}>"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -164,7 +182,7 @@ pub struct Instance {
     pub id: String,
     pub az: String,
     pub subnet_id: Option<String>,
-    pub state: String,
+    pub state: InstanceState,
     pub private_ip: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
     pub interface_ids: Vec<String>,
@@ -175,16 +193,17 @@ pub struct Instance {
 
 impl Instance {
     pub fn is_running(&self) -> bool {
-        self.state == "running"
+        self.state.is_running()
     }
 
     /// Whether a route points at this instance (by id or one of its ENIs).
     pub fn is_target_of(&self, route: &Route) -> bool {
-        route.instance_id.as_deref() == Some(self.id.as_str())
-            || route
-                .interface_id
-                .as_ref()
-                .is_some_and(|e| self.interface_ids.contains(e))
+        natron_contract::ec2::route_names(
+            route.instance_id.as_deref(),
+            route.interface_id.as_deref(),
+            &self.id,
+            &self.interface_ids,
+        )
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types as ec2t;
 use base64::Engine;
 use futures_util::{StreamExt, TryStreamExt};
+use natron_contract::aws::{AwsError, ErrorKind};
 use serde::Serialize;
 use sha2::Digest;
 
@@ -27,44 +28,28 @@ pub enum PublishError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{operation} {resource}: {message}")]
-    Api {
-        operation: &'static str,
-        resource: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Api(#[from] AwsError),
 }
 
-fn api<E: std::fmt::Debug + std::error::Error + 'static>(
+fn api<'a, E, R>(
     operation: &'static str,
-    resource: &str,
-) -> impl FnOnce(E) -> PublishError {
-    let resource = resource.to_string();
-    move |e| PublishError::Api {
-        operation,
-        resource,
-        message: aws_sdk_ec2::error::DisplayErrorContext(&e).to_string(),
-    }
+    resource: &'a str,
+) -> impl FnOnce(aws_smithy_runtime_api::client::result::SdkError<E, R>) -> PublishError + 'a
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    // The snapshot calls are EBS direct API calls; the rest are EC2's.
+    let service = if operation.ends_with("Snapshot") || operation == "PutSnapshotBlock" {
+        "EBS"
+    } else {
+        "EC2"
+    };
+    move |e| PublishError::Api(AwsError::from_sdk(service, operation, resource, e))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Arch {
-    #[serde(rename = "x86_64")]
-    X86_64,
-    #[serde(rename = "arm64")]
-    Arm64,
-}
-
-impl std::str::FromStr for Arch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Arch, String> {
-        match s {
-            "x86_64" => Ok(Arch::X86_64),
-            "arm64" => Ok(Arch::Arm64),
-            _ => Err(format!("{s:?}: expected x86_64 or arm64")),
-        }
-    }
-}
+pub use natron_contract::arch::Arch;
 
 /// What RegisterImage is asked, as plain data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -88,10 +73,7 @@ pub fn register_spec(arch: Arch, name: &str, snapshot_id: &str, image_bytes: u64
     RegisterSpec {
         name: name.to_string(),
         description: format!("natron NAT instance ({})", name),
-        architecture: match arch {
-            Arch::X86_64 => "x86_64",
-            Arch::Arm64 => "arm64",
-        },
+        architecture: arch.name(),
         boot_mode: match arch {
             Arch::X86_64 => "uefi-preferred",
             Arch::Arm64 => "uefi",
@@ -302,18 +284,22 @@ async fn wait_snapshot(ec2: &aws_sdk_ec2::Client, snapshot: &str) -> Result<(), 
         match state {
             Some(ec2t::SnapshotState::Completed) => return Ok(()),
             Some(ec2t::SnapshotState::Error) => {
-                return Err(PublishError::Api {
-                    operation: "DescribeSnapshots",
-                    resource: snapshot.to_string(),
-                    message: "the snapshot failed".into(),
-                })
+                return Err(PublishError::Api(AwsError::new(
+                    "EC2",
+                    "DescribeSnapshots",
+                    snapshot,
+                    ErrorKind::Server,
+                    "the snapshot failed",
+                )))
             }
             _ if Instant::now() > deadline => {
-                return Err(PublishError::Api {
-                    operation: "DescribeSnapshots",
-                    resource: snapshot.to_string(),
-                    message: "not completed after an hour".into(),
-                })
+                return Err(PublishError::Api(AwsError::new(
+                    "EC2",
+                    "DescribeSnapshots",
+                    snapshot,
+                    ErrorKind::Server,
+                    "not completed after an hour",
+                )))
             }
             _ => tokio::time::sleep(Duration::from_secs(5)).await,
         }

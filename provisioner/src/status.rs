@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use crate::layout::Names;
-use crate::model::{has_tag, Inventory, AZ_TAG, GROUP_TAG, SUBNET_TAG};
+use crate::model::{has_tag, InstanceState, Inventory, AZ_TAG, GROUP_TAG, SUBNET_TAG};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -30,7 +30,7 @@ pub struct ZoneStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NatStatus {
     pub instance_id: String,
-    pub state: String,
+    pub state: InstanceState,
     pub private_ip: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
     pub elastic_ip: Option<Ipv4Addr>,

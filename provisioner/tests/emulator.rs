@@ -405,10 +405,9 @@ async fn apply_check_break_destroy() {
         .ingress
         .iter()
         .any(|p| p.peer == natron::model::Peer::Cidr("10.0.10.0/24".parse().unwrap())));
-    assert!(sg
-        .ingress
-        .iter()
-        .any(|p| p.peer == natron::model::Peer::Group(sg.id.clone()) && p.from_port == Some(9100)));
+    assert!(sg.ingress.iter().any(|p| p.peer
+        == natron::model::Peer::Group(natron::model::Ref::Id(sg.id.clone()))
+        && p.from_port == Some(9100)));
     let role = inv.role.as_ref().unwrap();
     assert!(tagged_g1(&role.tags));
     assert_eq!(

@@ -37,39 +37,7 @@ const ZIG_VERSION: &str = "0.13.0";
 const ZIGBUILD_VERSION: &str = "0.24.1";
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/natron-backports.sources";
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    X86_64,
-    Arm64,
-}
-
-impl Arch {
-    pub fn parse(s: &str) -> Result<Arch, String> {
-        match s {
-            "x86_64" | "amd64" => Ok(Arch::X86_64),
-            "arm64" | "aarch64" => Ok(Arch::Arm64),
-            _ => Err(format!("--arch {s}: expected x86_64 or arm64")),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-    fn rust_target(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64-unknown-linux-musl",
-            Arch::Arm64 => "aarch64-unknown-linux-musl",
-        }
-    }
-    fn mkosi(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86-64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-}
+pub use natron_contract::arch::Arch;
 
 /// Where `cargo xtask image` puts an architecture's image.
 pub fn output_dir(arch: Arch) -> PathBuf {
@@ -248,11 +216,13 @@ pub fn build(arch: Arch) -> Result<PathBuf, String> {
             .map_err(|e| format!("{}: {e}", dest.display()))
     };
     copy(&agent, "usr/bin/natron-agent", 0o755)?;
-    copy(
-        &root().join("agent/natron-agent.service"),
-        "usr/lib/systemd/system/natron-agent.service",
-        0o644,
-    )?;
+    for unit in ["natron-agent.service", "natron-handoff.service"] {
+        copy(
+            &root().join("agent").join(unit),
+            &format!("usr/lib/systemd/system/{unit}"),
+            0o644,
+        )?;
+    }
 
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let cache = PathBuf::from(home).join(".cache/natron/mkosi-packages");

@@ -1,0 +1,465 @@
+//! The NAT ruleset, built by a pure function from plain data.
+//!
+//! natron owns exactly one table, `ip natron`. [`render`] returns its full
+//! contents in the form `nft -j list table ip natron` prints them (so the live
+//! table can be compared with the desired one), and [`apply_batch`] wraps them
+//! in one transaction that replaces the table atomically. Each rule carries a
+//! comment naming it, which is how counters are read back for /metrics.
+//! Golden files in `agent/tests/golden/` pin the rendered JSON.
+
+use std::borrow::Cow;
+
+use ipnet::Ipv4Net;
+use nftables::expr::{Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression};
+use nftables::schema::{
+    FlowTable, NfCmd, NfListObject, NfObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table,
+};
+use nftables::stmt::{Flow, NATFlag, SetOp, Statement, NAT};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+pub const FAMILY: NfFamily = NfFamily::IP;
+pub const TABLE: &str = "natron";
+pub const FLOWTABLE: &str = "fastpath";
+const SOURCES_SET: &str = "sources";
+/// Who may reach the agent's port: the VPC (peers) and the sources.
+const PEERS_SET: &str = "peers";
+const MSS_CHAIN: &str = "mss";
+
+/// Rule names (their nft comments), for counters and documentation.
+pub mod rule {
+    pub const DROP_INVALID: &str = "drop-invalid";
+    pub const DROP_LINK_LOCAL: &str = "drop-link-local";
+    pub const HANDSHAKE: &str = "handshake";
+    pub const CLAMP_MSS: &str = "clamp-mss";
+    pub const CLAMP_MSS_REPLY: &str = "clamp-mss-reply";
+    pub const GUARD_AGENT_PORT: &str = "guard-agent-port";
+    pub const OWN_IN: &str = "own-in";
+    pub const OWN_OUT: &str = "own-out";
+    pub const OFFLOAD: &str = "offload";
+    pub const ACCEPT_REPLIES: &str = "accept-replies";
+    pub const ACCEPT_SOURCES: &str = "accept-sources";
+    pub const DROP_OTHER: &str = "drop-other";
+    pub const MASQUERADE: &str = "masquerade";
+    pub const MASQUERADE_OTHER: &str = "masquerade-other";
+    pub const UNTRACKED_TO_AGENT: &str = "untracked-to-agent";
+    pub const UNTRACKED_LOCAL_TO_AGENT: &str = "untracked-local-to-agent";
+    pub const UNTRACKED_FROM_AGENT: &str = "untracked-from-agent";
+}
+
+/// Everything the ruleset depends on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RulesetSpec {
+    /// Interface NATed traffic leaves by (and, on a one-ENI instance, enters by).
+    pub egress: String,
+    /// Networks allowed to use the NAT (the VPC's CIDR blocks by default).
+    pub sources: Vec<Ipv4Net>,
+    pub port_range: (u16, u16),
+    pub fully_random: bool,
+    /// Whether to add the flowtable fast path (only when the kernel has it).
+    pub flowtable: bool,
+    /// The agent's HTTP port: requests to it (peers' health checks, local
+    /// scrapes) and its answers are kept out of connection tracking, and
+    /// only the VPC and the sources may reach it.
+    pub agent_port: u16,
+    /// The VPC's CIDR blocks (where peers are), for the agent's port.
+    pub vpc: Vec<Ipv4Net>,
+    /// The MSS SYNs and SYN-ACKs crossing to or from the internet are
+    /// clamped to (None: no clamp).
+    pub mss: Option<u16>,
+}
+
+/// The table's contents as `nft -j list table` shows them (handles and
+/// counter values aside).
+pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
+    let mut objects = vec![NfListObject::Table(Table {
+        family: FAMILY,
+        name: TABLE.into(),
+        handle: None,
+    })];
+    objects.push(NfListObject::Set(Box::new(net_set(
+        SOURCES_SET,
+        &spec.sources,
+    ))));
+    let mut peers = spec.sources.clone();
+    peers.extend(spec.vpc.iter().copied());
+    objects.push(NfListObject::Set(Box::new(net_set(PEERS_SET, &peers))));
+    if spec.flowtable {
+        objects.push(NfListObject::FlowTable(FlowTable {
+            family: FAMILY,
+            table: TABLE.into(),
+            name: FLOWTABLE.into(),
+            handle: None,
+            hook: Some(NfHook::Ingress),
+            prio: Some(0),
+            dev: Some(Cow::Owned(vec![Cow::Owned(spec.egress.clone())])),
+        }));
+    }
+    objects.push(base_chain(
+        "forward",
+        NfChainType::Filter,
+        NfHook::Forward,
+        0,
+        NfChainPolicy::Drop,
+    ));
+    objects.push(base_chain(
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        100,
+        NfChainPolicy::Accept,
+    ));
+    for (name, hook) in [("input", NfHook::Input), ("output", NfHook::Output)] {
+        objects.push(base_chain(
+            name,
+            NfChainType::Filter,
+            hook,
+            0,
+            NfChainPolicy::Accept,
+        ));
+    }
+    // At raw priority, before connection tracking sees the packet.
+    for (name, hook) in [
+        ("raw-prerouting", NfHook::Prerouting),
+        ("raw-output", NfHook::Output),
+    ] {
+        objects.push(base_chain(
+            name,
+            NfChainType::Filter,
+            hook,
+            RAW_PRIORITY,
+            NfChainPolicy::Accept,
+        ));
+    }
+
+    // The forward chain is ordered for the established packet, almost all
+    // of them: a SYN check (a jump for handshakes only), then the accept of
+    // established and related flows. Everything else sees only the first
+    // packets of a flow. Counting is not done here (see `own-in`).
+    let mut forward = Vec::new();
+    if let Some(mss) = spec.mss {
+        objects.push(plain_chain(MSS_CHAIN));
+        forward.push(rule_in(
+            "forward",
+            rule::HANDSHAKE,
+            vec![syn_or_syn_ack(), jump(MSS_CHAIN)],
+        ));
+        // Both directions: the client's SYN (what the server may send it)
+        // and the server's SYN-ACK (what the client may send): an internet
+        // path is 1,500 bytes where a VPC interface is 9,001, and one that
+        // filters ICMP never says so.
+        objects.push(rule_in(
+            MSS_CHAIN,
+            rule::CLAMP_MSS,
+            vec![
+                matches(ip("saddr"), set_ref(SOURCES_SET)),
+                not_matches(ip("daddr"), set_ref(SOURCES_SET)),
+                mss_above(mss),
+                counter(),
+                mss_set(mss),
+            ],
+        ));
+        objects.push(rule_in(
+            MSS_CHAIN,
+            rule::CLAMP_MSS_REPLY,
+            vec![
+                not_matches(ip("saddr"), set_ref(SOURCES_SET)),
+                matches(ip("daddr"), set_ref(SOURCES_SET)),
+                mss_above(mss),
+                counter(),
+                mss_set(mss),
+            ],
+        ));
+    }
+    if spec.flowtable {
+        forward.push(rule_in(
+            "forward",
+            rule::OFFLOAD,
+            vec![
+                matches(meta(MetaKey::L4proto), anon_set(&["tcp", "udp"])),
+                Statement::Flow(Flow {
+                    op: SetOp::Add,
+                    flowtable: format!("@{FLOWTABLE}").into(),
+                }),
+            ],
+        ));
+    }
+    forward.push(rule_in(
+        "forward",
+        rule::ACCEPT_REPLIES,
+        vec![ct_state(&["established", "related"]), accept()],
+    ));
+    forward.extend([
+        rule_in(
+            "forward",
+            rule::DROP_INVALID,
+            vec![ct_state(&["invalid"]), counter(), drop()],
+        ),
+        // The instance's metadata service and other link-local addresses must
+        // never be reachable through the NAT from the served subnets.
+        rule_in(
+            "forward",
+            rule::DROP_LINK_LOCAL,
+            vec![
+                matches(ip("daddr"), prefix("169.254.0.0", 16)),
+                counter(),
+                drop(),
+            ],
+        ),
+        rule_in(
+            "forward",
+            rule::ACCEPT_SOURCES,
+            vec![
+                matches(ip("saddr"), set_ref(SOURCES_SET)),
+                counter(),
+                accept(),
+            ],
+        ),
+        // Not an open relay: anything else is dropped (and counted).
+        rule_in("forward", rule::DROP_OTHER, vec![counter(), drop()]),
+    ]);
+    objects.extend(forward);
+    objects.extend(local_traffic(spec.agent_port));
+
+    // Port ranges only exist for TCP and UDP (nft refuses them otherwise):
+    // one rule for those, one for the rest (ICMP and friends).
+    // Forwarded connections only: the NAT's own (probes, EC2, IMDS) leave
+    // with its own address anyway and are not connections it translates.
+    let nat_match = || {
+        vec![
+            matches(meta(MetaKey::Oifname), str_expr(&spec.egress)),
+            matches(ip("saddr"), set_ref(SOURCES_SET)),
+            not_matches(ip("daddr"), set_ref(SOURCES_SET)),
+            not_matches(fib_type(FibFlag::Saddr), str_expr("local")),
+        ]
+    };
+    let flags = || {
+        spec.fully_random.then(|| {
+            [NATFlag::FullyRandom]
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
+        })
+    };
+    let mut tcp_udp = nat_match();
+    tcp_udp.extend([
+        matches(meta(MetaKey::L4proto), anon_set(&["tcp", "udp"])),
+        counter(),
+        Statement::Masquerade(Some(NAT {
+            addr: None,
+            family: None,
+            port: Some(Expression::Range(Box::new(nftables::expr::Range {
+                range: [
+                    Expression::Number(spec.port_range.0.into()),
+                    Expression::Number(spec.port_range.1.into()),
+                ],
+            }))),
+            flags: flags(),
+        })),
+    ]);
+    objects.push(rule_in("postrouting", rule::MASQUERADE, tcp_udp));
+    let mut other = nat_match();
+    other.extend([
+        counter(),
+        // nft lists a bare masquerade as `null`: render it the same way.
+        Statement::Masquerade(flags().map(|flags| NAT {
+            addr: None,
+            family: None,
+            port: None,
+            flags: Some(flags),
+        })),
+    ]);
+    objects.push(rule_in("postrouting", rule::MASQUERADE_OTHER, other));
+    objects.extend(untracked_agent_traffic(spec.agent_port));
+    in_listing_order(objects)
+}
+
+/// `nft -j list` prints the table, its sets and flowtables, its chains,
+/// then the rules chain by chain in the chains' order: render the same.
+fn in_listing_order(objects: Vec<NfListObject<'static>>) -> Vec<NfListObject<'static>> {
+    let chains: Vec<String> = objects
+        .iter()
+        .filter_map(|o| match o {
+            NfListObject::Chain(c) => Some(c.name.to_string()),
+            _ => None,
+        })
+        .collect();
+    let (mut rules, mut out): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|o| matches!(o, NfListObject::Rule(_)));
+    rules.sort_by_key(|o| match o {
+        NfListObject::Rule(r) => chains.iter().position(|c| *c == r.chain),
+        _ => None,
+    });
+    out.extend(rules);
+    out
+}
+
+/// The NAT's own traffic: its agent's port is closed to everyone but the
+/// VPC, the sources and the instance itself, whatever the security group
+/// says (its /status tells about the instance); and its own packets are
+/// counted so that the forwarded traffic can be told from the interfaces'
+/// counters (forwarded = (interface bytes - own) / 2, both ways), without
+/// a rule walked by every forwarded packet.
+fn local_traffic(port: u16) -> Vec<NfListObject<'static>> {
+    vec![
+        rule_in(
+            "input",
+            rule::GUARD_AGENT_PORT,
+            vec![
+                matches(payload("tcp", "dport"), Expression::Number(port.into())),
+                not_matches(meta(MetaKey::Iifname), str_expr("lo")),
+                not_matches(ip("saddr"), set_ref(PEERS_SET)),
+                counter(),
+                drop(),
+            ],
+        ),
+        rule_in(
+            "input",
+            rule::OWN_IN,
+            vec![
+                not_matches(meta(MetaKey::Iifname), str_expr("lo")),
+                counter(),
+            ],
+        ),
+        rule_in(
+            "output",
+            rule::OWN_OUT,
+            vec![
+                not_matches(meta(MetaKey::Oifname), str_expr("lo")),
+                counter(),
+            ],
+        ),
+    ]
+}
+
+/// nft's `raw` priority: before conntrack (-200).
+const RAW_PRIORITY: i32 = -300;
+
+/// Requests to this agent (peers' /readyz checks, scrapes on the instance)
+/// and its answers bypass connection tracking, so a full table (every new
+/// flow dropped) does not silence the agent: its peers still hear its own
+/// verdict (ready while its egress probes get through, 503 once they
+/// cannot, and then they take its tables over) instead of seeing an
+/// unreachable NAT with a fresh heartbeat, a partition that changes
+/// nothing; and its /metrics and /status still show the drops. What
+/// matches: packets from the sources addressed to this instance itself
+/// (`fib daddr type local`), local requests on loopback, and the agent's
+/// answers (the output hook sees only what this instance sends, never
+/// forwarded packets). Replies from the internet to clients masqueraded to
+/// this port come from outside the sources: still tracked and translated.
+fn untracked_agent_traffic(port: u16) -> Vec<NfListObject<'static>> {
+    let port = || Expression::Number(port.into());
+    vec![
+        rule_in(
+            "raw-prerouting",
+            rule::UNTRACKED_TO_AGENT,
+            // Every forwarded packet passes here: the cheap port test
+            // first, the set and route lookups only for what remains.
+            vec![
+                matches(payload("tcp", "dport"), port()),
+                matches(ip("saddr"), set_ref(SOURCES_SET)),
+                matches(
+                    Expression::Named(NamedExpression::Fib(Fib {
+                        result: FibResult::Type,
+                        flags: [FibFlag::Daddr].into_iter().collect(),
+                    })),
+                    str_expr("local"),
+                ),
+                Statement::Notrack,
+            ],
+        ),
+        rule_in(
+            "raw-output",
+            rule::UNTRACKED_LOCAL_TO_AGENT,
+            vec![
+                matches(meta(MetaKey::Oifname), str_expr("lo")),
+                matches(payload("tcp", "dport"), port()),
+                Statement::Notrack,
+            ],
+        ),
+        rule_in(
+            "raw-output",
+            rule::UNTRACKED_FROM_AGENT,
+            vec![matches(payload("tcp", "sport"), port()), Statement::Notrack],
+        ),
+    ]
+}
+
+/// One transaction that creates natron's table or replaces it whole: the
+/// `add` makes the `delete` safe when the table is absent, and the kernel
+/// applies the batch atomically, so no packet ever sees a half-built table.
+pub fn apply_batch(desired: &[NfListObject<'static>]) -> Nftables<'static> {
+    let table = || {
+        NfListObject::Table(Table {
+            family: FAMILY,
+            name: TABLE.into(),
+            handle: None,
+        })
+    };
+    let mut cmds = vec![
+        NfObject::CmdObject(NfCmd::Add(table())),
+        NfObject::CmdObject(NfCmd::Delete(table())),
+    ];
+    cmds.extend(
+        desired
+            .iter()
+            .cloned()
+            .map(|o| NfObject::CmdObject(NfCmd::Add(o))),
+    );
+    Nftables {
+        objects: Cow::Owned(cmds),
+    }
+}
+
+/// A scratch table with just a flowtable on `device`, used with `nft --check`
+/// to learn whether the kernel supports flowtables (nothing is committed).
+pub fn flowtable_probe(device: &str) -> Nftables<'static> {
+    let table = "natron_probe";
+    Nftables {
+        objects: Cow::Owned(vec![
+            NfObject::CmdObject(NfCmd::Add(NfListObject::Table(Table {
+                family: FAMILY,
+                name: table.into(),
+                handle: None,
+            }))),
+            NfObject::CmdObject(NfCmd::Add(NfListObject::FlowTable(FlowTable {
+                family: FAMILY,
+                table: table.into(),
+                name: FLOWTABLE.into(),
+                handle: None,
+                hook: Some(NfHook::Ingress),
+                prio: Some(0),
+                dev: Some(Cow::Owned(vec![Cow::Owned(device.to_string())])),
+            }))),
+        ]),
+    }
+}
+
+fn net_set(name: &str, nets: &[Ipv4Net]) -> Set<'static> {
+    let mut sorted: Vec<Ipv4Net> = Ipv4Net::aggregate(&nets.to_vec());
+    sorted.sort();
+    Set {
+        family: FAMILY,
+        table: TABLE.into(),
+        name: name.to_string().into(),
+        handle: None,
+        set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+        policy: None,
+        flags: Some([SetFlag::Interval].into_iter().collect()),
+        elem: Some(Cow::Owned(
+            sorted
+                .iter()
+                .map(|net| prefix(&net.network().to_string(), net.prefix_len().into()))
+                .collect(),
+        )),
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+mod expr;
+use expr::*;
+
+#[cfg(test)]
+pub(crate) mod tests;

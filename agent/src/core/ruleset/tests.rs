@@ -1,0 +1,123 @@
+//! The rendered ruleset: its rules, their order, and the batch.
+
+use super::*;
+
+/// The spec the ruleset's tests (and others') render.
+pub(crate) fn spec() -> RulesetSpec {
+    RulesetSpec {
+        egress: "ens5".into(),
+        sources: vec![
+            "10.0.0.0/16".parse().unwrap(),
+            "100.64.0.0/16".parse().unwrap(),
+        ],
+        port_range: (1024, 65535),
+        fully_random: false,
+        flowtable: false,
+        agent_port: 9100,
+        vpc: vec!["10.0.0.0/16".parse().unwrap()],
+        mss: Some(1460),
+    }
+}
+
+fn golden(name: &str, spec: &RulesetSpec) {
+    let rendered = serde_json::to_string_pretty(&serde_json::json!({ "nftables": render(spec) }))
+        .unwrap()
+        + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        rendered,
+        expected,
+        "{} differs; rerun with UPDATE_GOLDEN=1 if the change is intended",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_default() {
+    golden("ruleset-default.json", &spec());
+}
+
+#[test]
+fn golden_flowtable_fully_random() {
+    let mut s = spec();
+    s.flowtable = true;
+    s.fully_random = true;
+    s.port_range = (10000, 60000);
+    golden("ruleset-flowtable-fully-random.json", &s);
+}
+
+#[test]
+fn sources_are_aggregated_and_sorted() {
+    let mut s = spec();
+    s.sources = vec![
+        "10.0.1.0/24".parse().unwrap(),
+        "10.0.0.0/24".parse().unwrap(),
+    ];
+    let json = serde_json::to_value(render(&s)).unwrap();
+    let set = &json[1]["set"]["elem"];
+    assert_eq!(
+        set,
+        &serde_json::json!([{"prefix": {"addr": "10.0.0.0", "len": 23}}])
+    );
+}
+
+#[test]
+fn the_clamp_raises_nothing_and_lowers_larger_mss() {
+    // Pins the operator nft receives (the crate swaps LT and GT).
+    let json = serde_json::to_string(&render(&spec())).unwrap();
+    assert!(
+        json.contains(r#"{"match":{"left":{"tcp option":{"name":"maxseg","field":"size"}},"right":1460,"op":">"}}"#),
+        "{json}"
+    );
+    let mut s = spec();
+    s.mss = None;
+    let json = serde_json::to_string(&render(&s)).unwrap();
+    assert!(!json.contains("maxseg"), "no clamp configured");
+}
+
+#[test]
+fn batch_replaces_the_table_atomically() {
+    let batch = serde_json::to_value(apply_batch(&render(&spec()))).unwrap();
+    let cmds = batch["nftables"].as_array().unwrap();
+    assert_eq!(
+        cmds[0],
+        serde_json::json!({"add": {"table": {"family": "ip", "name": "natron"}}})
+    );
+    assert_eq!(
+        cmds[1],
+        serde_json::json!({"delete": {"table": {"family": "ip", "name": "natron"}}})
+    );
+    // Nothing outside our table is ever named.
+    for cmd in cmds {
+        let obj = cmd.as_object().unwrap().values().next().unwrap();
+        let inner = obj.as_object().unwrap().values().next().unwrap();
+        let table = inner.get("table").or(inner.get("name")).unwrap();
+        assert_eq!(table, "natron", "{cmd}");
+    }
+}
+
+/// What Debian 13's nft (1.1.3, the image's) lists after loading the
+/// default ruleset (captured on a kernel without flowtables, hence no
+/// flowtable) is what `render` renders, once normalized: drift is judged
+/// on the kernel's own listing there too (invariant 7).
+#[test]
+fn debian_13s_nft_lists_the_table_as_rendered() {
+    use crate::core::listing::{normalize, parse_listing};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/listing-nft-1.1.3-default.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let listed = normalize(&parse_listing(&text).unwrap());
+    let rendered = serde_json::to_value(render(&spec())).unwrap();
+    assert_eq!(listed, normalize(rendered.as_array().unwrap()));
+}

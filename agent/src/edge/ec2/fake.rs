@@ -1,0 +1,144 @@
+//! EC2 in memory, for unit tests.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use natron_contract::aws::{AwsError, ErrorKind};
+
+use super::Ec2;
+use crate::model::address::Address;
+use crate::model::instance::GroupInstance;
+use crate::model::{RouteTable, RouteTarget};
+
+/// EC2 in memory: route tables by id, SourceDestCheck by instance,
+/// and a queue of errors to return before the next calls succeed.
+#[derive(Default)]
+pub struct FakeEc2 {
+    pub source_dest_check: Mutex<BTreeMap<String, bool>>,
+    pub tables: Mutex<BTreeMap<String, Option<RouteTarget>>>,
+    pub instances: Mutex<Vec<GroupInstance>>,
+    /// `natron:az` tag per table id.
+    pub table_az: Mutex<BTreeMap<String, String>>,
+    pub addresses: Mutex<Vec<Address>>,
+    pub fail_next: Mutex<Vec<AwsError>>,
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl FakeEc2 {
+    fn call(&self, what: String) -> Result<(), AwsError> {
+        self.calls.lock().unwrap().push(what);
+        match self.fail_next.lock().unwrap().pop() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+pub fn throttled(op: &'static str) -> AwsError {
+    AwsError {
+        code: Some("RequestLimitExceeded".into()),
+        ..AwsError::new("EC2", op, "x", ErrorKind::Throttled, "slow down")
+    }
+}
+
+#[async_trait]
+impl Ec2 for FakeEc2 {
+    async fn source_dest_check(&self, instance_id: &str) -> Result<bool, AwsError> {
+        self.call(format!("DescribeInstances {instance_id}"))?;
+        Ok(*self
+            .source_dest_check
+            .lock()
+            .unwrap()
+            .get(instance_id)
+            .unwrap_or(&true))
+    }
+    async fn disable_source_dest_check(&self, instance_id: &str) -> Result<(), AwsError> {
+        self.call(format!("ModifyInstanceAttribute {instance_id}"))?;
+        self.source_dest_check
+            .lock()
+            .unwrap()
+            .insert(instance_id.into(), false);
+        Ok(())
+    }
+    async fn route_tables(
+        &self,
+        _vpc: &str,
+        _tags: &[(&str, &str)],
+    ) -> Result<Vec<RouteTable>, AwsError> {
+        self.call("DescribeRouteTables".into())?;
+        Ok(self
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, t)| RouteTable {
+                id: id.clone(),
+                az: self.table_az.lock().unwrap().get(id).cloned(),
+                default_route: t.clone(),
+            })
+            .collect())
+    }
+    async fn route_table(&self, table_id: &str) -> Result<RouteTable, AwsError> {
+        self.call(format!("DescribeRouteTables {table_id}"))?;
+        Ok(RouteTable {
+            id: table_id.into(),
+            az: self.table_az.lock().unwrap().get(table_id).cloned(),
+            default_route: self.tables.lock().unwrap().get(table_id).cloned().flatten(),
+        })
+    }
+    async fn group_instances(
+        &self,
+        _vpc: &str,
+        _group: &str,
+    ) -> Result<Vec<GroupInstance>, AwsError> {
+        self.call("DescribeInstances".into())?;
+        Ok(self.instances.lock().unwrap().clone())
+    }
+    async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), AwsError> {
+        self.call(format!("CreateTags {instance_id} {unix_ms}"))
+    }
+    async fn create_default_route(&self, table_id: &str, eni: &str) -> Result<(), AwsError> {
+        self.call(format!("CreateRoute {table_id} {eni}"))?;
+        let target = RouteTarget {
+            interface_id: Some(eni.into()),
+            ..Default::default()
+        };
+        self.tables
+            .lock()
+            .unwrap()
+            .insert(table_id.into(), Some(target));
+        Ok(())
+    }
+    async fn replace_default_route(&self, table_id: &str, eni: &str) -> Result<(), AwsError> {
+        self.create_default_route(table_id, eni).await?;
+        let mut calls = self.calls.lock().unwrap();
+        let last = calls.len() - 1;
+        calls[last] = format!("ReplaceRoute {table_id} {eni}");
+        Ok(())
+    }
+    async fn az_addresses(&self, _group: &str, _az: &str) -> Result<Vec<Address>, AwsError> {
+        self.call("DescribeAddresses".into())?;
+        Ok(self.addresses.lock().unwrap().clone())
+    }
+    async fn associate_address(&self, allocation: &str, instance: &str) -> Result<(), AwsError> {
+        self.call(format!("AssociateAddress {allocation} {instance}"))?;
+        for a in self.addresses.lock().unwrap().iter_mut() {
+            if a.allocation_id == allocation {
+                a.instance_id = Some(instance.into());
+                a.association_id = Some(format!("eipassoc-{instance}"));
+            }
+        }
+        Ok(())
+    }
+    async fn disassociate_address(&self, address: &Address) -> Result<(), AwsError> {
+        self.call(format!("DisassociateAddress {}", address.allocation_id))?;
+        for a in self.addresses.lock().unwrap().iter_mut() {
+            if a.allocation_id == address.allocation_id {
+                a.instance_id = None;
+                a.association_id = None;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! The EC2 API as the agent needs it: the narrow [`Ec2`] trait over plain
+//! data, one real implementation ([`aws::AwsEc2`], aws-sdk-ec2) and one
+//! fake for tests. Errors are the contract's [`AwsError`], naming the call
+//! and the resource; the retry policy is the contract's too.
+
+use async_trait::async_trait;
+pub use natron_contract::aws::AwsError;
+
+use crate::model::address::Address;
+use crate::model::instance::GroupInstance;
+use crate::model::RouteTable;
+
+pub mod aws;
+#[cfg(test)]
+pub mod fake;
+
+#[async_trait]
+pub trait Ec2: Send + Sync {
+    /// The instance's SourceDestCheck attribute.
+    async fn source_dest_check(&self, instance_id: &str) -> Result<bool, AwsError>;
+    async fn disable_source_dest_check(&self, instance_id: &str) -> Result<(), AwsError>;
+    /// Route tables of `vpc_id` carrying every tag in `tags`.
+    async fn route_tables(
+        &self,
+        vpc_id: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<Vec<RouteTable>, AwsError>;
+    /// One route table, read again (read-verify-write).
+    async fn route_table(&self, table_id: &str) -> Result<RouteTable, AwsError>;
+    /// Instances of `vpc_id` tagged `natron:group=<group>`, not terminated.
+    async fn group_instances(
+        &self,
+        vpc_id: &str,
+        group: &str,
+    ) -> Result<Vec<GroupInstance>, AwsError>;
+    /// Writes this instance's heartbeat tag.
+    async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), AwsError>;
+    async fn create_default_route(
+        &self,
+        table_id: &str,
+        interface_id: &str,
+    ) -> Result<(), AwsError>;
+    async fn replace_default_route(
+        &self,
+        table_id: &str,
+        interface_id: &str,
+    ) -> Result<(), AwsError>;
+    /// Elastic IPs tagged `natron:group=<group>` and `natron:az=<az>`.
+    async fn az_addresses(&self, group: &str, az: &str) -> Result<Vec<Address>, AwsError>;
+    /// Associates the address with the instance, taking it from any holder.
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance_id: &str,
+    ) -> Result<(), AwsError>;
+    async fn disassociate_address(&self, address: &Address) -> Result<(), AwsError>;
+}

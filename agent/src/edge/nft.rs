@@ -1,0 +1,141 @@
+//! The kernel's nftables, through the narrow [`Nft`] trait: list natron's
+//! table, apply or check a batch. One real implementation over `nft -j`
+//! (through `exec`), one fake in tests.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nftables::schema::Nftables;
+use serde_json::Value;
+
+use super::exec;
+use crate::core::listing::{batch_json, parse_listing};
+use crate::core::ruleset::{FAMILY, TABLE};
+
+const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("nftables table ip {TABLE}: {0}")]
+    Exec(#[from] exec::ExecError),
+    #[error("nftables table ip {TABLE}: {0}")]
+    Listing(#[from] crate::core::listing::ListingError),
+}
+
+/// The kernel side: list natron's table, apply or check a batch.
+#[async_trait]
+pub trait Nft: Send + Sync {
+    /// The table's objects as `nft -j` lists them, or None when it is absent.
+    async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError>;
+    /// Commits one batch atomically.
+    async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError>;
+    /// Asks the kernel to validate a batch without committing it.
+    async fn check(&self, batch: &Nftables<'_>) -> Result<(), NftError>;
+}
+
+/// `nft` run as a process, speaking JSON.
+pub struct NftCli {
+    pub program: String,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        NftCli {
+            program: "nft".into(),
+        }
+    }
+}
+
+impl NftCli {
+    async fn feed(&self, batch: &Nftables<'_>, check: bool) -> Result<(), NftError> {
+        let json = batch_json(batch)?;
+        let args: &[&str] = if check {
+            &["-c", "-j", "-f", "-"]
+        } else {
+            &["-j", "-f", "-"]
+        };
+        exec::run(&self.program, args, Some(json.as_bytes()), NFT_TIMEOUT).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Nft for NftCli {
+    async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError> {
+        let family = family_name();
+        match exec::run(
+            &self.program,
+            &["-j", "list", "table", &family, TABLE],
+            None,
+            NFT_TIMEOUT,
+        )
+        .await
+        {
+            Ok(out) => Ok(Some(parse_listing(&out)?)),
+            Err(exec::ExecError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError> {
+        self.feed(batch, false).await
+    }
+
+    async fn check(&self, batch: &Nftables<'_>) -> Result<(), NftError> {
+        self.feed(batch, true).await
+    }
+}
+
+fn family_name() -> String {
+    serde_json::to_value(FAMILY)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "ip".into())
+}
+
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use nftables::schema::Nftables;
+    use std::sync::Mutex;
+
+    /// An in-memory kernel: applying a batch stores its `add` objects as the
+    /// table, exactly as rendered.
+    #[derive(Default)]
+    pub struct FakeNft {
+        pub table: Mutex<Option<Vec<Value>>>,
+        pub applies: Mutex<usize>,
+        /// Rules someone removes right after the next apply (a race).
+        pub tamper_after_apply: Mutex<usize>,
+    }
+
+    #[async_trait]
+    impl Nft for FakeNft {
+        async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError> {
+            Ok(self.table.lock().unwrap().clone())
+        }
+        async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError> {
+            let v = serde_json::to_value(batch).unwrap();
+            let adds: Vec<Value> = v["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .skip(2)
+                .map(|c| c["add"].clone())
+                .collect();
+            let mut adds = adds;
+            let tamper = std::mem::take(&mut *self.tamper_after_apply.lock().unwrap());
+            adds.truncate(adds.len() - tamper);
+            *self.table.lock().unwrap() = Some(adds);
+            *self.applies.lock().unwrap() += 1;
+            Ok(())
+        }
+        async fn check(&self, _batch: &Nftables<'_>) -> Result<(), NftError> {
+            Ok(())
+        }
+    }
+}

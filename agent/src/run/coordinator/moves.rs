@@ -1,0 +1,153 @@
+//! Carrying out moves: read-verify-write of one route, the route table
+//! reads, and the handoff of a NAT going away.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use natron_contract::readyz::Area;
+use natron_contract::status::Event;
+use natron_contract::tags;
+use tracing::{info, warn};
+
+use super::{Coordinator, LoopState};
+use crate::core::failover::Move;
+use crate::edge::ec2::AwsError;
+use crate::run::unix_ms;
+
+const EVENTS_KEPT: usize = 20;
+
+impl Coordinator {
+    /// Hands every table this agent serves to a ready NAT, then returns
+    /// what it did. With no ready NAT the routes stay (traffic keeps
+    /// flowing here). The agent stays draining (503) afterwards.
+    pub async fn handoff(&self) -> String {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shared.update(|s| {
+            s.problems.insert(
+                Area::Draining,
+                "this instance is going away: handing route tables to peers".into(),
+            );
+            s.failover.draining = true;
+        });
+        let deadline = Instant::now() + self.config.handoff_timeout;
+        let mut moved = 0;
+        loop {
+            match self.pass(true).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    moved += n;
+                    info!(moves = n, "handoff pass done");
+                }
+                Err(e) => warn!(error = %e, "handoff pass failed"),
+            }
+            if Instant::now() >= deadline {
+                let left = self.shared.read(|s| s.routes.owned.clone());
+                warn!(tables = ?left, "handoff timed out; these tables still point here");
+                return format!(
+                    "handoff timed out after {moved} move(s); still pointing here: {}",
+                    left.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let owned = self.shared.read(|s| s.routes.owned.clone());
+        if owned.is_empty() {
+            info!(
+                moves = moved,
+                "handoff complete: no route table points here any more"
+            );
+            format!("handoff complete: {moved} route table(s) handed over")
+        } else {
+            warn!(tables = ?owned, "no ready peer to hand these tables to; they keep pointing here");
+            format!("no ready peer: {} keep pointing here", owned.join(", "))
+        }
+    }
+
+    /// Re-reads the table and moves it only if it still points where the
+    /// decision saw it point. Returns whether it moved.
+    pub(super) async fn execute(&self, mv: &Move) -> Result<bool, AwsError> {
+        let current = self.ec2.route_table(&mv.table).await?;
+        let unchanged = match (&current.default_route, &mv.expect) {
+            (None, None) => true,
+            (Some(now), Some(then)) => now.same_target(then),
+            _ => false,
+        };
+        if !unchanged {
+            info!(table = %mv.table, kind = ?mv.kind, "table changed since the decision; not moving it");
+            return Ok(false);
+        }
+        let from = current
+            .default_route
+            .as_ref()
+            .map_or("nothing".to_string(), |r| r.describe());
+        match current.default_route {
+            None => {
+                self.ec2
+                    .create_default_route(&mv.table, &mv.to_interface)
+                    .await?
+            }
+            Some(_) => {
+                self.ec2
+                    .replace_default_route(&mv.table, &mv.to_interface)
+                    .await?
+            }
+        }
+        info!(
+            table = %mv.table, kind = ?mv.kind, from = %from, to = %mv.to_interface, reason = %mv.reason,
+            "route 0.0.0.0/0 moved"
+        );
+        let now = unix_ms();
+        self.shared
+            .metrics
+            .route_moves
+            .get_or_create(&vec![("kind".to_string(), mv.kind.name().to_string())])
+            .inc();
+        self.shared.metrics.last_route_move.set(now as f64 / 1000.0);
+        let event = Event {
+            unix_ms: now,
+            table: mv.table.clone(),
+            kind: mv.kind,
+            from,
+            to: format!("{} ({})", mv.to_interface, mv.to_instance),
+            reason: mv.reason.clone(),
+        };
+        self.shared.update(|s| {
+            s.failover.events.insert(0, event);
+            s.failover.events.truncate(EVENTS_KEPT);
+            s.failover.last_event_unix_ms = Some(now);
+        });
+        Ok(true)
+    }
+
+    pub(super) async fn read_tables(&self, st: &mut LoopState) -> Result<(), AwsError> {
+        st.tables = self
+            .ec2
+            .route_tables(&self.vpc_id, &[(tags::GROUP, self.group.as_str())])
+            .await?;
+        st.tables_at = Some(Instant::now());
+        let now = Instant::now();
+        for t in &st.tables {
+            let owner = t
+                .default_route
+                .as_ref()
+                .map_or("none".to_string(), |r| r.describe());
+            match st.owners.get(&t.id) {
+                Some((o, _)) if *o == owner => {}
+                // First sight: when it last changed is unknown, so long ago.
+                None => {
+                    st.owners.insert(
+                        t.id.clone(),
+                        (
+                            owner,
+                            now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
+                        ),
+                    );
+                }
+                Some(_) => {
+                    st.owners.insert(t.id.clone(), (owner, now));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! What natron's processes and crates agree on, defined once.
+//!
+//! - [`tags`] and [`AGENT_PORT`]: the names the provisioner writes and the
+//!   agent reads;
+//! - [`ec2`]: instance states and route targets, as both see EC2;
+//! - [`readyz`] and [`status`]: the documents the agent serves on its port,
+//!   which peers, `natron` and the lab read back into the same types;
+//! - [`arch`]: the image architectures;
+//! - `aws` (feature `aws`): one error for every AWS call, its
+//!   classification and the retry policy;
+//! - `client` (feature `client`): a minimal GET for reading the agent's
+//!   endpoints.
+//!
+//! Plain data only: nothing here touches the network or the kernel except
+//! the optional client.
+
+pub mod arch;
+pub mod ec2;
+pub mod readyz;
+pub mod status;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "client")]
+pub mod client;
+
+/// Tags natron writes and reads.
+pub mod tags {
+    /// Ties instances, route tables, addresses and every created resource
+    /// to one natron group.
+    pub const GROUP: &str = "natron:group";
+    /// The AZ whose NAT is a route table's (or an Elastic IP's) home.
+    pub const AZ: &str = "natron:az";
+    /// Unix milliseconds of an agent's last proof of life, on its own
+    /// instance.
+    pub const HEARTBEAT: &str = "natron:heartbeat";
+}
+
+/// The agent's HTTP port (/healthz, /readyz, /metrics, /status) unless its
+/// configuration says otherwise; security groups open it between NATs.
+pub const AGENT_PORT: u16 = 9100;
+
+/// An error and its sources, joined with ": ", for messages that must say
+/// what actually went wrong (SDK errors hide it in their sources).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! `natron destroy` as a plan: everything tagged with the group, in the
+//! order that keeps subnets served until the end.
+
+use super::{Action, Plan};
+use crate::model::{has_tag, Inventory, GROUP_TAG, PREVIOUS_TAG};
+
+/// Everything tagged with the group, removed in dependency order. Untagged
+/// resources are not in the list, whatever their names.
+pub fn destroy(inv: &Inventory, group: &str) -> Plan {
+    let mut p = Plan::default();
+    let a = &mut p.actions;
+    let tables: Vec<_> = inv.group_route_tables(group).collect();
+    // Subnets in use go back to their old table first, while the NATs
+    // still run, so they never lose their way out to a deleted table.
+    for t in &tables {
+        for x in &t.associations {
+            let Some(subnet) = &x.subnet_id else { continue };
+            match t
+                .tag(PREVIOUS_TAG)
+                .filter(|prev| inv.route_table(prev).is_some())
+            {
+                Some(prev) => a.push(Action::RestoreAssociation {
+                    association: x.id.clone(),
+                    subnet: subnet.clone(),
+                    to: prev.to_string(),
+                }),
+                None => a.push(Action::Disassociate {
+                    association: x.id.clone(),
+                    subnet: subnet.clone(),
+                }),
+            }
+        }
+    }
+    for g in inv
+        .auto_scaling_groups
+        .iter()
+        .filter(|g| has_tag(&g.tags, GROUP_TAG, group))
+    {
+        a.push(Action::DeleteAutoScalingGroup {
+            name: g.name.clone(),
+        });
+    }
+    let instances: Vec<String> = inv.instances.iter().map(|i| i.id.clone()).collect();
+    if !instances.is_empty() {
+        a.push(Action::WaitInstancesTerminated { ids: instances });
+    }
+    for x in inv
+        .addresses
+        .iter()
+        .filter(|x| has_tag(&x.tags, GROUP_TAG, group))
+    {
+        a.push(Action::ReleaseAddress {
+            allocation_id: x.allocation_id.clone(),
+            association_id: x.association_id.clone(),
+        });
+    }
+    for t in &tables {
+        a.push(Action::DeleteRouteTable { id: t.id.clone() });
+    }
+    if let Some(t) = inv
+        .launch_template
+        .as_ref()
+        .filter(|t| has_tag(&t.tags, GROUP_TAG, group))
+    {
+        a.push(Action::DeleteLaunchTemplate {
+            id: t.id.clone(),
+            name: t.name.clone(),
+        });
+    }
+    if let Some(ip) = inv
+        .instance_profile
+        .as_ref()
+        .filter(|ip| has_tag(&ip.tags, GROUP_TAG, group))
+    {
+        for role in &ip.roles {
+            a.push(Action::RemoveRoleFromInstanceProfile {
+                profile: ip.name.clone(),
+                role: role.clone(),
+            });
+        }
+        a.push(Action::DeleteInstanceProfile {
+            name: ip.name.clone(),
+        });
+    }
+    if let Some(r) = inv
+        .role
+        .as_ref()
+        .filter(|r| has_tag(&r.tags, GROUP_TAG, group))
+    {
+        for name in r.policies.keys() {
+            a.push(Action::DeleteRolePolicy {
+                role: r.name.clone(),
+                name: name.clone(),
+            });
+        }
+        a.push(Action::DeleteRole {
+            name: r.name.clone(),
+        });
+    }
+    for g in inv
+        .security_groups
+        .iter()
+        .filter(|g| has_tag(&g.tags, GROUP_TAG, group))
+    {
+        a.push(Action::DeleteSecurityGroup { id: g.id.clone() });
+    }
+    for s in inv
+        .subnets
+        .iter()
+        .filter(|s| has_tag(&s.tags, GROUP_TAG, group))
+    {
+        a.push(Action::DeleteSubnet { id: s.id.clone() });
+    }
+    p
+}
