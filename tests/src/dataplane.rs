@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natron_agent::ruleset::{self, RulesetSpec};
+use natron_agent::core::ruleset::{self, RulesetSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -292,13 +292,16 @@ impl Topology {
             fully_random,
             flowtable: self.flowtable,
             agent_port: crate::lab::AGENT_PORT,
+            vpc: vec!["10.0.0.0/16".parse().unwrap()],
+            mss: Some(1460),
         }
     }
 
     /// Loads natron's table as the agent does: one atomic batch.
     pub fn apply_ruleset(&self, spec: &RulesetSpec) -> Result<(), LabError> {
-        let batch = natron_agent::nft::batch_json(&ruleset::apply_batch(&ruleset::render(spec)))
-            .map_err(|e| LabError::Setup(format!("ruleset: {e}")))?;
+        let batch =
+            natron_agent::core::listing::batch_json(&ruleset::apply_batch(&ruleset::render(spec)))
+                .map_err(|e| LabError::Setup(format!("ruleset: {e}")))?;
         exec::run_with_input(
             "ip",
             &["netns", "exec", &self.nat, "nft", "-j", "-f", "-"],
@@ -489,9 +492,9 @@ impl Topology {
     }
 
     /// The NAT namespace's full-table counters.
-    pub fn conntrack_drops(&self) -> natron_agent::kernel::ConntrackDrops {
+    pub fn conntrack_drops(&self) -> natron_contract::status::ConntrackDrops {
         self.nat_proc("/proc/net/stat/nf_conntrack")
-            .and_then(|t| natron_agent::kernel::parse_conntrack_drops(&t))
+            .and_then(|t| natron_agent::core::kernel::parse_conntrack_drops(&t))
             .unwrap_or_default()
     }
 

@@ -133,3 +133,33 @@ fn spawn_logged(mut cmd: Command, env: &[(String, String)], log: &Path) -> Resul
 pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
 }
+
+/// Runs `program args...` in namespace `ns` with `vars` set and waits:
+/// its exit code (None: killed by a signal) and its stdout and stderr.
+pub fn output_in_ns(
+    ns: &str,
+    program: &Path,
+    args: &[&str],
+    vars: &[(String, String)],
+) -> (Option<i32>, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output();
+    match out {
+        Ok(o) => (
+            o.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (
+            None,
+            format!("ip netns exec {ns} {}: {e}", program.display()),
+        ),
+    }
+}

@@ -14,6 +14,13 @@ pub struct Faults {
     pub egress_blocked: BTreeSet<(Ipv4Addr, Ipv4Addr)>,
     /// Pairs of private IPs the VPC router keeps apart (both directions).
     pub partitions: BTreeSet<(Ipv4Addr, Ipv4Addr)>,
+    /// (from, to): new connections from the first to the second are
+    /// dropped; the other way works, replies included (a security group
+    /// admitting one NAT's checks but not the other's).
+    pub one_way: BTreeSet<(Ipv4Addr, Ipv4Addr)>,
+    /// Percent of the packets to and from the internet server's HTTP port
+    /// the IGW drops at random (a flaky probe target).
+    pub flaky_percent: Option<u32>,
 }
 
 /// The router's fault table. Pure.
@@ -22,6 +29,11 @@ pub fn router_script(f: &Faults) -> String {
     for (a, b) in &f.partitions {
         rules.push_str(&format!("    ip saddr {a} ip daddr {b} counter drop\n"));
         rules.push_str(&format!("    ip saddr {b} ip daddr {a} counter drop\n"));
+    }
+    for (from, to) in &f.one_way {
+        rules.push_str(&format!(
+            "    ip saddr {from} ip daddr {to} ct state new counter drop\n"
+        ));
     }
     format!(
         "table ip lab_fault\ndelete table ip lab_fault\ntable ip lab_fault {{\n  chain forward {{\n    \
@@ -38,6 +50,16 @@ pub fn igw_script(f: &Faults) -> String {
         ));
         rules.push_str(&format!(
             "    iifname \"{IGW_INET_DEV}\" ip daddr {public} counter drop\n"
+        ));
+    }
+    if let Some(p) = f.flaky_percent {
+        let server = crate::internet::SERVER;
+        let port = crate::internet::HTTP_PORT;
+        rules.push_str(&format!(
+            "    ip daddr {server} tcp dport {port} numgen random mod 100 < {p} counter drop\n"
+        ));
+        rules.push_str(&format!(
+            "    ip saddr {server} tcp sport {port} numgen random mod 100 < {p} counter drop\n"
         ));
     }
     format!(
@@ -80,5 +102,12 @@ mod tests {
             "{g}"
         );
         assert!(!router_script(&Faults::default()).contains("drop"));
+        let mut f = Faults::default();
+        f.one_way
+            .insert(("10.0.1.10".parse().unwrap(), "10.0.0.10".parse().unwrap()));
+        f.flaky_percent = Some(5);
+        assert!(router_script(&f)
+            .contains("ip saddr 10.0.1.10 ip daddr 10.0.0.10 ct state new counter drop"));
+        assert!(igw_script(&f).contains("numgen random mod 100 < 5 counter drop"));
     }
 }

@@ -20,7 +20,15 @@ pub const ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// serves as `autoscaling/target-lifecycle-state` (404 without it, as for
 /// an instance outside an auto scaling group).
 pub const LIFECYCLE_TAG: &str = "lab:target-lifecycle-state";
-/// The instance profile role every lab instance has.
+/// Served as `spot/instance-action` (EC2's two-minute Spot interruption
+/// notice), 404 without it.
+pub const SPOT_ACTION_TAG: &str = "lab:spot-instance-action";
+/// Served as `events/recommendations/rebalance`, 404 without it.
+pub const REBALANCE_TAG: &str = "lab:rebalance-recommendation";
+/// An instance tagged so has no instance profile: IMDS serves no
+/// credentials (404 at `iam/security-credentials`, as on EC2).
+pub const NO_PROFILE_TAG: &str = "lab:no-instance-profile";
+/// The instance profile role every other lab instance has.
 pub const ROLE: &str = "natron-lab";
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
@@ -32,9 +40,56 @@ pub struct Imds {
     /// Answer as this instance whoever asks (a VM behind QEMU's user
     /// network reaches the stub from 127.0.0.1).
     pub fixed: Option<String>,
-    /// Served at `user-data` (404 when None).
-    pub user_data: Option<String>,
+    /// Served at `user-data`, per instance id (404 for an instance without).
+    pub user_data: UserData,
+    /// Requests so far (token and metadata), per caller address.
+    pub requests: Requests,
     tokens: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// Each instance's user data, as its launch template gives it; the lab
+/// changes it between boots of a VM (a configuration change).
+#[derive(Clone, Default)]
+pub struct UserData(Arc<RwLock<HashMap<String, String>>>);
+
+impl UserData {
+    pub fn set(&self, instance_id: &str, text: String) {
+        self.0
+            .write()
+            .expect("user data")
+            .insert(instance_id.to_string(), text);
+    }
+
+    fn of(&self, instance_id: &str) -> Option<String> {
+        self.0.read().expect("user data").get(instance_id).cloned()
+    }
+}
+
+/// How many requests each caller made: a NAT's IMDS rate is a figure the
+/// tests bound.
+#[derive(Clone, Default)]
+pub struct Requests(Arc<Mutex<HashMap<Ipv4Addr, u64>>>);
+
+impl Requests {
+    fn count(&self, peer: SocketAddr) {
+        if let SocketAddr::V4(v4) = peer {
+            *self
+                .0
+                .lock()
+                .expect("requests")
+                .entry(*v4.ip())
+                .or_default() += 1;
+        }
+    }
+
+    pub fn from(&self, caller: Ipv4Addr) -> u64 {
+        self.0
+            .lock()
+            .expect("requests")
+            .get(&caller)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Imds {
@@ -43,7 +98,8 @@ impl Imds {
             view,
             region: region.to_string(),
             fixed: None,
-            user_data: None,
+            user_data: UserData::default(),
+            requests: Requests::default(),
             tokens: Arc::default(),
         }
     }
@@ -64,7 +120,12 @@ impl Imds {
     }
 }
 
-async fn token(State(imds): State<Imds>, headers: HeaderMap) -> Response {
+async fn token(
+    State(imds): State<Imds>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    imds.requests.count(peer);
     let ttl: Option<u64> = headers
         .get(TTL_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -93,6 +154,7 @@ async fn metadata(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    imds.requests.count(peer);
     let valid = headers
         .get(TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -100,12 +162,6 @@ async fn metadata(
         .is_some_and(|expiry| expiry > Instant::now());
     if !valid {
         return StatusCode::UNAUTHORIZED.into_response();
-    }
-    if path == "user-data" {
-        return match imds.user_data {
-            Some(text) => text.into_response(),
-            None => StatusCode::NOT_FOUND.into_response(),
-        };
     }
     let SocketAddr::V4(peer) = peer else {
         return StatusCode::NOT_FOUND.into_response();
@@ -122,6 +178,12 @@ async fn metadata(
         )
             .into_response();
     };
+    if path == "user-data" {
+        return match imds.user_data.of(&instance.id) {
+            Some(text) => text.into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
     match answer(&view, instance, &imds.region, path.trim_end_matches('/')) {
         Some(body) => body.into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -147,6 +209,7 @@ pub fn answer(view: &VpcView, i: &InstanceView, region: &str, path: &str) -> Opt
     if let Some(key) = path.strip_prefix("meta-data/tags/instance/") {
         return i.metadata_tags.then(|| i.tags.get(key).cloned()).flatten();
     }
+    let profile = !i.tags.contains_key(NO_PROFILE_TAG);
     match path {
         "meta-data/instance-id" => Some(i.id.clone()),
         "meta-data/placement/availability-zone" => Some(i.availability_zone.clone()),
@@ -154,8 +217,8 @@ pub fn answer(view: &VpcView, i: &InstanceView, region: &str, path: &str) -> Opt
         "meta-data/mac" => Some(i.mac.clone()),
         // An instance profile, as on EC2: the SDK's default credential
         // chain ends here.
-        "meta-data/iam/security-credentials" => Some(ROLE.to_string()),
-        p if p == format!("meta-data/iam/security-credentials/{ROLE}") => Some(
+        "meta-data/iam/security-credentials" => profile.then(|| ROLE.to_string()),
+        p if profile && p == format!("meta-data/iam/security-credentials/{ROLE}") => Some(
             serde_json::json!({
                 "Code": "Success",
                 "Type": "AWS-HMAC",
@@ -172,6 +235,8 @@ pub fn answer(view: &VpcView, i: &InstanceView, region: &str, path: &str) -> Opt
             .to_string(),
         ),
         "meta-data/autoscaling/target-lifecycle-state" => i.tags.get(LIFECYCLE_TAG).cloned(),
+        "meta-data/spot/instance-action" => i.tags.get(SPOT_ACTION_TAG).cloned(),
+        "meta-data/events/recommendations/rebalance" => i.tags.get(REBALANCE_TAG).cloned(),
         "meta-data/local-ipv4" => Some(i.private_ip.to_string()),
         "meta-data/public-ipv4" => i.public_ip.map(|p| p.to_string()),
         "meta-data/tags/instance" => i

@@ -16,12 +16,31 @@ pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const HTTP_PORT: u16 = 80;
 pub const STREAM_PORT: u16 = 9000;
+/// Echoes every byte back, for connections held open across events.
+pub const ECHO_PORT: u16 = 9001;
+/// Bulk transfers both ways (see [`download`] and [`upload`]).
+pub const BULK_PORT: u16 = 9002;
 
 /// HTTP on :80 (`/` answers ok, `/whoami` the caller's address as seen
 /// here) and the stream service on :9000. Runs until the runtime stops.
 pub async fn serve() -> std::io::Result<()> {
     let http = TcpListener::bind((Ipv4Addr::UNSPECIFIED, HTTP_PORT)).await?;
     let stream = TcpListener::bind((Ipv4Addr::UNSPECIFIED, STREAM_PORT)).await?;
+    let echo = TcpListener::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT)).await?;
+    let bulk = TcpListener::bind((Ipv4Addr::UNSPECIFIED, BULK_PORT)).await?;
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = bulk.accept().await {
+            tokio::spawn(bulk_serve(socket));
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
     let app = Router::new().route("/", get(|| async { "ok\n" })).route(
         "/whoami",
         get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { format!("{peer}\n") }),
@@ -39,6 +58,111 @@ pub async fn serve() -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Reads "get N\n" (then sends N bytes and closes) or "put N\n" (then
+/// reads N bytes and answers "ok\n").
+async fn bulk_serve(socket: TcpStream) {
+    let mut reader = BufReader::new(socket);
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let mut words = line.split_whitespace();
+    let (Some(verb), Some(Ok(n))) = (words.next(), words.next().map(str::parse::<u64>)) else {
+        return;
+    };
+    match verb {
+        "get" => {
+            let mut socket = reader.into_inner();
+            let _ = send_bytes(&mut socket, n).await;
+            let _ = socket.shutdown().await;
+        }
+        "put" => {
+            let got = tokio::io::copy(&mut (&mut reader).take(n), &mut tokio::io::sink()).await;
+            if got.ok() == Some(n) {
+                let _ = reader.into_inner().write_all(b"ok\n").await;
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn send_bytes(socket: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
+    let chunk = vec![0xa5_u8; 65536];
+    while n > 0 {
+        let k = n.min(chunk.len() as u64) as usize;
+        socket.write_all(&chunk[..k]).await?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+/// Downloads `bytes` from the bulk service; Err when the transfer stalls
+/// for `stall` (what a black-holed path looks like) or breaks, naming how
+/// far it got.
+pub async fn download(bytes: u64, stall: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut s = connect_bulk(stall).await?;
+    s.write_all(format!("get {bytes}\n").as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0u64;
+    while got < bytes {
+        let n = tokio::time::timeout(stall, s.read(&mut buf))
+            .await
+            .map_err(|_| format!("download stalled for {stall:?} after {got} of {bytes} bytes"))?
+            .map_err(|e| format!("download: {e} after {got} of {bytes} bytes"))?;
+        if n == 0 {
+            return Err(format!("download closed after {got} of {bytes} bytes"));
+        }
+        got += n as u64;
+    }
+    Ok(start.elapsed())
+}
+
+/// Uploads `bytes` to the bulk service and waits for its "ok"; Err as for
+/// [`download`].
+pub async fn upload(bytes: u64, stall: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let s = connect_bulk(stall).await?;
+    let (mut r, mut w) = s.into_split();
+    let sender = tokio::spawn(async move {
+        w.write_all(format!("put {bytes}\n").as_bytes()).await?;
+        let chunk = vec![0x5a_u8; 65536];
+        let mut left = bytes;
+        while left > 0 {
+            let k = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..k]).await?;
+            left -= k as u64;
+        }
+        Ok::<_, std::io::Error>(w)
+    });
+    // The answer comes once the server has every byte; a stalled path
+    // never lets it.
+    let deadline = stall + Duration::from_secs(bytes / (1 << 20));
+    let mut answer = [0u8; 3];
+    let read = tokio::time::timeout(deadline, r.read_exact(&mut answer)).await;
+    sender.abort();
+    match read {
+        Ok(Ok(_)) if &answer == b"ok\n" => Ok(start.elapsed()),
+        Ok(Ok(_)) => Err(format!(
+            "upload of {bytes} bytes: unexpected answer {answer:?}"
+        )),
+        Ok(Err(e)) => Err(format!("upload of {bytes} bytes: {e}")),
+        Err(_) => Err(format!(
+            "upload of {bytes} bytes not acknowledged within {deadline:?} (stalled)"
+        )),
+    }
+}
+
+async fn connect_bulk(timeout: Duration) -> Result<TcpStream, String> {
+    let addr = SocketAddrV4::new(SERVER, BULK_PORT);
+    tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connect {addr}: timed out"))?
+        .map_err(|e| format!("connect {addr}: {e}"))
 }
 
 /// Reads "stream MILLIS\n", then sends 8 KiB every 10 ms for that long.
@@ -70,29 +194,11 @@ async fn stream_to(socket: TcpStream) {
 
 /// GET `path` from the internet server over HTTP/1.0; the body on 200.
 pub async fn http_get(path: &str, timeout: Duration) -> Result<String, String> {
-    let work = async {
-        let mut s = TcpStream::connect(SocketAddrV4::new(SERVER, HTTP_PORT))
-            .await
-            .map_err(|e| format!("connect {SERVER}:{HTTP_PORT}: {e}"))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {SERVER}\r\n\r\n").as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)
-            .await
-            .map_err(|e| format!("receive: {e}"))?;
-        match out.split_once("\r\n\r\n") {
-            Some((head, body))
-                if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
-            {
-                Ok(body.to_string())
-            }
-            _ => Err(format!("unexpected answer: {out:?}")),
-        }
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer from {SERVER} within {timeout:?}")))
+    match natron_contract::client::get(&SERVER.to_string(), HTTP_PORT, path, timeout).await {
+        Ok((200, body)) => Ok(body),
+        Ok((code, body)) => Err(format!("{SERVER}{path}: HTTP {code}: {body:?}")),
+        Err(e) => Err(format!("{SERVER}:{HTTP_PORT}{path}: {e}")),
+    }
 }
 
 /// What a stream download saw.

@@ -9,6 +9,7 @@
 pub mod boot;
 pub mod conntrack;
 pub mod dataplane;
+pub mod ec2proxy;
 pub mod emulator;
 pub mod exec;
 pub mod faults;
@@ -16,11 +17,13 @@ pub mod hold;
 pub mod imds;
 pub mod internet;
 pub mod lab;
+pub mod longlived;
 pub mod netns;
 pub mod prober;
 pub mod router;
 pub mod scenario;
 pub mod stats;
+pub mod vm;
 pub mod vpc;
 
 #[derive(Debug, thiserror::Error)]

@@ -89,16 +89,11 @@ fn main() -> anyhow::Result<()> {
             firmware,
             bound_secs,
         } => {
-            let arch = natron_lab::boot::Arch::parse(&arch).map_err(anyhow::Error::msg)?;
-            let firmware =
-                natron_lab::boot::Firmware::parse(&firmware).map_err(anyhow::Error::msg)?;
-            let runtime = tokio::runtime::Runtime::new()?;
-            let report = runtime.block_on(natron_lab::boot::run(
-                &image,
-                arch,
-                firmware,
-                Duration::from_secs(bound_secs),
-            ))?;
+            let arch: natron_lab::boot::Arch = arch.parse().map_err(anyhow::Error::msg)?;
+            let firmware: natron_lab::boot::Firmware =
+                firmware.parse().map_err(anyhow::Error::msg)?;
+            let report =
+                natron_lab::boot::run(&image, arch, firmware, Duration::from_secs(bound_secs))?;
             println!("boot test ({arch:?}, {firmware:?}): {}", image.display());
             for c in &report.checks {
                 println!("  {c}");
@@ -153,7 +148,7 @@ fn demo() -> anyhow::Result<()> {
 
     step("starting natron-agent on each NAT instance");
     let agents = (0..lab.nats.len())
-        .map(|i| lab.start_agent(i, &lab.failover_config(Duration::from_secs(30)), &[]))
+        .map(|i| lab.start_agent(i, lab.failover_config(Duration::from_secs(30)), &[]))
         .collect::<Result<Vec<_>, _>>()?;
     let t0 = Instant::now();
     for (i, agent) in agents.iter().enumerate() {
@@ -201,21 +196,21 @@ fn demo() -> anyhow::Result<()> {
     let status = lab.agent_status(0).map_err(|e| anyhow::anyhow!(e))?;
     println!(
         "    forwarding: {}, ruleset in place: {}, source/dest check off: {}",
-        status["dataplane"]["forwarding"],
-        status["dataplane"]["ruleset_in_place"],
-        status["dataplane"]["source_dest_check_disabled"]
+        status.dataplane.forwarding,
+        status.dataplane.ruleset_in_place,
+        status.dataplane.source_dest_check_disabled
     );
     println!(
-        "    flowtable: {} (this kernel {} nftables flowtables)",
-        status["dataplane"]["flowtable"],
-        if status["dataplane"]["flowtable"] == true {
+        "    flowtable: {:?} (this kernel {} nftables flowtables)",
+        status.dataplane.flowtable,
+        if status.dataplane.flowtable == Some(true) {
             "has"
         } else {
             "lacks"
         }
     );
-    println!("    routes owned: {}", status["routes"]["owned"]);
-    println!("    warnings: {}", status["warnings"]);
+    println!("    routes owned: {:?}", status.routes.owned);
+    println!("    warnings: {:?}", status.warnings);
     // The agent reads its kernel counters once per reconcile pass (1 s here).
     std::thread::sleep(Duration::from_millis(1200));
     let (_, metrics) = lab
@@ -236,7 +231,8 @@ fn demo() -> anyhow::Result<()> {
         Duration::from_secs(15),
         || {
             let st = lab.agent_status(1).ok()?;
-            (st["failover"]["peers"][0]["health"]["state"] == "ready").then_some(())
+            (st.failover.peers.first()?.health == natron_contract::status::Health::Ready)
+                .then_some(())
         },
     )
     .map_err(|e| anyhow::anyhow!(e))?;
@@ -259,11 +255,14 @@ fn demo() -> anyhow::Result<()> {
         lab.default_route_of(&lab.private_tables[0])
     );
     let status = lab.agent_status(1).map_err(|e| anyhow::anyhow!(e))?;
-    let event = &status["failover"]["events"][0];
-    println!(
-        "    nat-b's /status: {} of {}: {}",
-        event["kind"], event["table"], event["reason"]
-    );
+    if let Some(event) = status.failover.events.first() {
+        println!(
+            "    nat-b's /status: {} of {}: {}",
+            event.kind.name(),
+            event.table,
+            event.reason
+        );
+    }
 
     step("nat-a's nftables table (nft list table ip natron)");
     let listing =

@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use natron_agent::core::config::Config;
+use natron_contract::status::Health;
+
 use crate::lab::{AgentId, Lab, LabSpec};
 use crate::prober::Records;
 
@@ -20,7 +23,7 @@ impl TwoAzs {
     }
 
     /// With the agent configuration `config` gives for the lab.
-    pub fn start_with(config: impl FnOnce(&Lab) -> String) -> Result<TwoAzs, String> {
+    pub fn start_with(config: impl FnOnce(&Lab) -> Config) -> Result<TwoAzs, String> {
         let lab = Lab::start(LabSpec::with_azs(2)).map_err(|e| e.to_string())?;
         let config = config(&lab);
         let agents = (0..2)
@@ -40,7 +43,7 @@ impl TwoAzs {
             s.lab
                 .wait_for("each sees its peer ready", Duration::from_secs(15), || {
                     let st = s.lab.agent_status(az).ok()?;
-                    (st["failover"]["peers"][0]["health"]["state"] == "ready").then_some(())
+                    (st.failover.peers.first()?.health == Health::Ready).then_some(())
                 })
                 .map_err(|e| s.with_log(az, e))?;
         }

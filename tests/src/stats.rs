@@ -20,6 +20,11 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Whether `measured` is within `tolerance` (a fraction) of `truth`.
+pub fn within(measured: f64, truth: f64, tolerance: f64) -> bool {
+    (measured - truth).abs() <= truth * tolerance
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

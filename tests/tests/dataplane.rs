@@ -26,8 +26,8 @@ fn each_variant_translates_as_named() {
 /// values aside). Checked against this machine's nft, for both shapes.
 #[test]
 fn the_kernel_lists_natrons_table_exactly_as_rendered() {
-    use natron_agent::nft::{normalize, parse_listing};
-    use natron_agent::ruleset::render;
+    use natron_agent::core::listing::{normalize, parse_listing};
+    use natron_agent::core::ruleset::render;
     let topo = Topology::build().unwrap_or_else(|e| panic!("{e}"));
     for (fully_random, ports) in [(false, (1024, 65535)), (true, (20_000, 29_999))] {
         let spec = topo.natron_spec(fully_random, ports);

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use natron_contract::readyz::Area;
+use natron_contract::status::{ElasticIpState, Health, MoveKind, TableRole};
 use natron_lab::scenario::TwoAzs;
 use nix::sys::signal::Signal;
 
@@ -28,33 +30,19 @@ fn dead_nat_is_replaced_by_the_other_az() {
     std::thread::sleep(Duration::from_millis(1200));
     let b_loss = s.probes[1].longest_loss(t0, Instant::now());
     assert!(b_loss < Duration::from_millis(500), "AZ b lost {b_loss:?}");
-    let log = s.lab.agent_log(s.agents[1]);
-    assert!(
-        log.contains("kind=Takeover") && log.contains("unreachable"),
-        "{log}"
-    );
     let status = s.lab.agent_status(1).unwrap();
+    let event = &status.failover.events[0];
+    assert_eq!(event.kind, MoveKind::Takeover, "{status:?}");
+    assert!(event.reason.contains("unreachable"), "{event:?}");
+    let table_a = status
+        .table(&s.lab.private_tables[0])
+        .unwrap_or_else(|| panic!("{status:?}"));
+    assert_eq!(table_a.role, TableRole::TakenOver, "{table_a:?}");
+    assert_eq!(table_a.owner, s.lab.nats[1].instance_id, "{table_a:?}");
     assert_eq!(
-        status["failover"]["events"][0]["kind"], "takeover",
-        "{status}"
-    );
-    let table_a = status["failover"]["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == s.lab.private_tables[0].as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("{status}"));
-    assert_eq!(table_a["role"], "taken_over", "{table_a}");
-    assert_eq!(
-        table_a["owner"],
-        s.lab.nats[1].instance_id.as_str(),
-        "{table_a}"
-    );
-    assert_eq!(
-        table_a["home"],
-        s.lab.nats[0].instance_id.as_str(),
-        "{table_a}"
+        table_a.home.as_deref(),
+        Some(s.lab.nats[0].instance_id.as_str()),
+        "{table_a:?}"
     );
 }
 
@@ -67,10 +55,10 @@ fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
     let (_, body) = s
         .lab
         .wait_for("NAT-A reports 503", Duration::from_secs(10), || {
-            s.readyz(0).filter(|(c, _)| *c == 503)
+            s.lab.agent_readyz(0).ok().filter(|(c, _)| *c == 503)
         })
         .unwrap();
-    assert!(body.contains("egress"), "{body}");
+    assert!(body.has(Area::Egress), "{body:?}");
     s.owner_is(0, 1, Duration::from_secs(20)).unwrap();
     let outage = s
         .served_via(0, 1, t0, Duration::from_secs(20))
@@ -110,27 +98,39 @@ fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
 }
 
 #[test]
-fn sigterm_hands_routes_over_with_at_most_a_couple_of_lost_probes() {
+fn a_handoff_at_shutdown_hands_routes_over_losing_nothing() {
     let s = two_azs(Duration::from_secs(30));
     let t0 = Instant::now();
-    s.lab.signal_agent(s.agents[0], Signal::SIGTERM);
-    let code = s
-        .lab
-        .wait_agent_exit(s.agents[0], Duration::from_secs(15))
-        .expect("agent exits");
-    assert_eq!(code, Some(0), "{}", s.lab.agent_log(s.agents[0]));
+    let (code, out) = s.lab.handoff(s.agents[0]);
+    assert_eq!(code, Some(0), "{out}\n{}", s.lab.agent_log(s.agents[0]));
+    assert!(
+        out.contains("handoff complete: 1 route table(s) handed over"),
+        "{out}"
+    );
     s.owner_is(0, 1, Duration::from_secs(2)).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let lost = s.probes[0].lost_between(t0, Instant::now() - Duration::from_millis(1100));
     println!("planned handoff: {lost} probes lost");
-    assert!(lost <= 3, "{lost} probes lost during a planned handoff");
-    let log = s.lab.agent_log(s.agents[0]);
-    assert!(
-        log.contains("kind=Handoff") && log.contains("handoff complete"),
-        "{log}"
-    );
-    // The peer keeps it: nobody hands it back while its home is gone.
+    assert!(lost <= 2, "{lost} probes lost during a planned handoff");
+    // Draining until the instance goes: never claims the table back.
+    let (code, body) = s.lab.agent_readyz(0).unwrap();
+    assert_eq!(code, 503, "{body:?}");
+    assert!(body.has(Area::Draining), "{body:?}");
     std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.changes_since(0, t0), 1);
+    // Then the system stops the agent: it exits at once and moves nothing.
+    let stop = Instant::now();
+    s.lab.signal_agent(s.agents[0], Signal::SIGTERM);
+    let code = s
+        .lab
+        .wait_agent_exit(s.agents[0], Duration::from_secs(5))
+        .expect("agent exits");
+    assert_eq!(code, Some(0));
+    assert!(
+        stop.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stop.elapsed()
+    );
     assert_eq!(s.changes_since(0, t0), 1);
 }
 
@@ -156,9 +156,16 @@ fn auto_scaling_termination_hands_routes_over_while_the_nat_still_runs() {
         "{}",
         s.lab.agent_log(s.agents[0])
     );
+    let status = s.lab.agent_status(0).unwrap();
+    assert!(status.failover.draining, "{status:?}");
+    assert_eq!(
+        status.failover.events[0].kind,
+        MoveKind::Handoff,
+        "{status:?}"
+    );
     let log = s.lab.agent_log(s.agents[0]);
     assert!(
-        log.contains("auto scaling is terminating this instance") && log.contains("kind=Handoff"),
+        log.contains("auto scaling is terminating this instance"),
         "{log}"
     );
     // Its Elastic IP is free for the replacement; AZ b's stays put.
@@ -188,7 +195,7 @@ fn a_replacement_nat_takes_the_azs_elastic_ip_and_table_without_apply() {
     let t0 = Instant::now();
     let agent = s
         .lab
-        .start_agent(0, &s.lab.failover_config(hold_down), &[])
+        .start_agent(0, s.lab.failover_config(hold_down), &[])
         .unwrap();
     let log = || s.lab.agent_log(agent);
     s.lab
@@ -210,10 +217,15 @@ fn a_replacement_nat_takes_the_azs_elastic_ip_and_table_without_apply() {
     s.served_via(0, 0, t0, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
     let status = s.lab.agent_status(0).unwrap();
-    assert_eq!(status["identity"]["instance_id"], new.as_str(), "{status}");
     assert_eq!(
-        status["dataplane"]["elastic_ip"]["state"], "associated",
-        "{status}"
+        status.identity.as_ref().map(|i| i.instance_id.as_str()),
+        Some(new.as_str()),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.dataplane.elastic_ip.as_ref().map(|e| e.state),
+        Some(ElasticIpState::Associated),
+        "{status:?}"
     );
     // AZ b's address never moved.
     assert_eq!(
@@ -239,8 +251,8 @@ fn partitioned_nats_do_not_flap() {
                 Duration::from_secs(10),
                 || {
                     let st = s.lab.agent_status(az).ok()?;
-                    let h = &st["failover"]["peers"][0]["health"];
-                    (h["state"] == "unreachable" && h["stale"] == false).then_some(())
+                    let h = &st.failover.peers.first()?.health;
+                    matches!(h, Health::Unreachable { stale: false, .. }).then_some(())
                 },
             )
             .unwrap_or_else(|e| panic!("{}", s.with_log(az, e)));
@@ -249,8 +261,8 @@ fn partitioned_nats_do_not_flap() {
     let end = Instant::now();
     for az in 0..2 {
         let changes = s.changes_since(az, t0);
-        assert!(
-            changes <= 1,
+        assert_eq!(
+            changes, 0,
             "table {az} changed owner {changes} times in {secs}s of partition"
         );
         let loss = s.probes[az].longest_loss(t0, end);
@@ -263,10 +275,10 @@ fn partitioned_nats_do_not_flap() {
 }
 
 #[test]
-fn both_down_changes_nothing_and_the_first_back_takes_all() {
+fn failing_and_recovering_together_moves_nothing_and_the_first_back_takes_all() {
     let s = two_azs(Duration::from_secs(30));
-    s.lab.break_egress(0).unwrap();
-    s.lab.break_egress(1).unwrap();
+    let t0 = Instant::now();
+    s.lab.break_egress_of(&[0, 1]).unwrap();
     for az in 0..2 {
         s.lab
             .wait_for("503", Duration::from_secs(10), || {
@@ -274,18 +286,50 @@ fn both_down_changes_nothing_and_the_first_back_takes_all() {
             })
             .unwrap();
     }
-    // Once both are down nothing moves. (Which NAT owns a table at that
-    // point is a race: the egress breaks are separate changes, and a NAT
-    // still healthy for a moment may rightly take its peer's table.)
-    let owners = |s: &natron_lab::scenario::TwoAzs| {
-        (0..2)
-            .map(|az| s.lab.table_owner(&s.lab.private_tables[az]))
-            .collect::<Vec<_>>()
-    };
-    // A move decided just before the second NAT went down may still land.
-    std::thread::sleep(Duration::from_secs(1));
-    let before = owners(&s);
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        (s.changes_since(0, t0), s.changes_since(1, t0)),
+        (0, 0),
+        "a failure both see moves nothing\n{}",
+        s.with_log(1, String::new())
+    );
+    // Both back together: still nothing moves (past the settle, too).
+    s.lab.restore_egress_of(&[0, 1]).unwrap();
+    for az in 0..2 {
+        s.lab
+            .wait_for("ready again", Duration::from_secs(10), || {
+                s.readyz(az).filter(|(c, _)| *c == 200)
+            })
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        (s.changes_since(0, t0), s.changes_since(1, t0)),
+        (0, 0),
+        "recovering together moves nothing"
+    );
+    // Both down again, only b comes back: after the settle b serves a too.
+    s.lab.break_egress_of(&[0, 1]).unwrap();
+    s.lab
+        .wait_for("b 503", Duration::from_secs(10), || {
+            s.readyz(1).filter(|(c, _)| *c == 503)
+        })
+        .unwrap();
+    let t1 = Instant::now();
+    s.lab.restore_egress(1).unwrap();
+    s.owner_is(0, 1, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{}", s.with_log(1, e)));
+    let waited = t1.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3),
+        "taken after {waited:?}, before the settle"
+    );
+    for az in 0..2 {
+        let outage = s
+            .served_via(az, 1, t1, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(outage < Duration::from_secs(15), "AZ {az}: {outage:?}");
+    }
     for az in 0..2 {
         assert!(
             s.lab
@@ -294,31 +338,14 @@ fn both_down_changes_nothing_and_the_first_back_takes_all() {
             "agent {az} crashed"
         );
     }
-    assert_eq!(
-        owners(&s),
-        before,
-        "routes stay put while nobody is healthy"
-    );
-    assert!(before.iter().all(Option::is_some), "{before:?}");
-    let t0 = Instant::now();
-    s.lab.restore_egress(1).unwrap();
-    s.owner_is(0, 1, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{}", s.with_log(1, e)));
-    s.owner_is(1, 1, Duration::from_secs(1)).unwrap();
-    for az in 0..2 {
-        let outage = s
-            .served_via(az, 1, t0, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(outage < Duration::from_secs(10), "AZ {az}: {outage:?}");
-    }
 }
 
 #[test]
-fn sigterm_without_a_ready_peer_keeps_the_routes() {
+fn a_handoff_without_a_ready_peer_keeps_the_routes() {
     use natron_lab::lab::{Lab, LabSpec};
     let lab = Lab::start(LabSpec::with_azs(1)).unwrap();
     let agent = lab
-        .start_agent(0, &lab.failover_config(Duration::from_secs(30)), &[])
+        .start_agent(0, lab.failover_config(Duration::from_secs(30)), &[])
         .unwrap();
     let (table, me) = (
         lab.private_tables[0].clone(),
@@ -329,14 +356,10 @@ fn sigterm_without_a_ready_peer_keeps_the_routes() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(agent)));
     let t0 = Instant::now();
-    lab.signal_agent(agent, Signal::SIGTERM);
-    let code = lab
-        .wait_agent_exit(agent, Duration::from_secs(15))
-        .expect("agent exits");
-    assert_eq!(code, Some(0), "{}", lab.agent_log(agent));
-    let log = lab.agent_log(agent);
-    assert!(log.contains("no ready peer"), "{log}");
-    // Nothing moved, and the data plane keeps forwarding without the agent.
+    let (code, out) = lab.handoff(agent);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("no ready peer"), "{out}");
+    // Nothing moved, and the data plane keeps forwarding.
     assert_eq!(lab.table_owner(&table).as_deref(), Some(me.as_str()));
     assert!(lab.route_changes(&table).iter().all(|(t, _)| *t < t0));
     lab.wait_for("client still served", Duration::from_secs(5), || {

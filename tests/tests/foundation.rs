@@ -5,6 +5,9 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
+use natron_contract::client;
+use natron_contract::readyz::Area;
+use natron_contract::status::ElasticIpState;
 use natron_lab::exec;
 use natron_lab::internet;
 use natron_lab::lab::{AgentId, Lab, LabSpec};
@@ -90,7 +93,7 @@ fn client_reaches_the_internet_only_through_the_agent() {
         "{err}"
     );
 
-    let agent = lab.start_agent(0, &lab.agent_config(), &[]).unwrap();
+    let agent = lab.start_agent(0, lab.agent_config(), &[]).unwrap();
     wait_claimed(&lab, agent);
     let seen = wait_client_ok(&lab, agent);
     let eip = lab.spec.azs[0].eip;
@@ -105,8 +108,9 @@ fn client_reaches_the_internet_only_through_the_agent() {
     );
     let status = lab.agent_status(0).unwrap();
     assert_eq!(
-        status["dataplane"]["elastic_ip"]["state"], "associated",
-        "{status}"
+        status.dataplane.elastic_ip.as_ref().map(|e| e.state),
+        Some(ElasticIpState::Associated),
+        "{status:?}"
     );
     assert_eq!(metric(&lab, "natron_elastic_ip_associated"), 1.0);
 
@@ -116,19 +120,19 @@ fn client_reaches_the_internet_only_through_the_agent() {
     }
     lab.wait_for("NAT counters exported", Duration::from_secs(5), || {
         (metric(&lab, "natron_nat_packets_total") > 0.0
-            && metric(&lab, "natron_nat_bytes_total") > 0.0)
+            && metric(&lab, "natron_nat_bytes_total") > 0.0
+            && metric(&lab, "natron_nat_connections_total") >= 5.0)
             .then_some(())
     })
     .unwrap();
-    assert!(metric(&lab, "natron_nat_connections_total") >= 5.0);
     assert_eq!(metric(&lab, "natron_routes_owned"), 1.0);
     assert_eq!(metric(&lab, "natron_ready"), 1.0);
 
     // Not an open relay: a packet from outside the VPC's CIDRs is not forwarded.
     let status = lab.agent_status(0).unwrap();
-    assert_eq!(status["ready"], true, "{status}");
+    assert!(status.ready, "{status:?}");
     assert_eq!(
-        status["config"]["effective"]["ruleset"]["sources"],
+        status.config["effective"]["ruleset"]["sources"],
         serde_json::json!(["10.0.0.0/16"])
     );
 }
@@ -146,7 +150,7 @@ fn emulator_reads_back_the_check_and_the_route_and_systemd_hears_ready() {
     let agent = lab
         .start_agent_with_env(
             0,
-            &lab.agent_config(),
+            lab.agent_config(),
             &[],
             &[("NOTIFY_SOCKET", &sock_env), ("WATCHDOG_USEC", "2000000")],
         )
@@ -163,14 +167,12 @@ fn emulator_reads_back_the_check_and_the_route_and_systemd_hears_ready() {
     }
     // The agent's own view agrees.
     let status = lab.agent_status(0).unwrap();
+    assert_eq!(status.routes.owned, vec![lab.private_tables[0].clone()]);
+    assert!(status.dataplane.source_dest_check_disabled);
+    assert_eq!(status.identity.unwrap().instance_id, nat.instance_id);
     assert_eq!(
-        status["routes"]["owned"],
-        serde_json::json!([lab.private_tables[0]])
-    );
-    assert_eq!(status["dataplane"]["source_dest_check_disabled"], true);
-    assert_eq!(status["identity"]["instance_id"], nat.instance_id.as_str());
-    assert_eq!(
-        status["group"], "lab",
+        status.group.as_deref(),
+        Some("lab"),
         "group read from the instance's natron:group tag via IMDS"
     );
     assert_eq!(sysctl(&nat.ns, "net.ipv4.ip_forward"), "1");
@@ -197,7 +199,7 @@ fn without_disabling_the_source_dest_check_traffic_fails() {
     let lab = lab();
     let nat = lab.nats[0].clone();
     let agent = lab
-        .start_agent(0, &lab.agent_config(), &["--test-skip-source-dest-check"])
+        .start_agent(0, lab.agent_config(), &["--test-skip-source-dest-check"])
         .unwrap();
     wait_claimed(&lab, agent);
     assert_eq!(lab.source_dest_check(&nat.instance_id), Some(true));
@@ -237,7 +239,7 @@ fn data_plane_survives_the_agent_and_drift_is_repaired() {
     .unwrap();
     let foreign_before = lab.nft_table(&ns, "inet", "foreign").unwrap();
 
-    let agent = lab.start_agent(0, &lab.agent_config(), &[]).unwrap();
+    let agent = lab.start_agent(0, lab.agent_config(), &[]).unwrap();
     wait_claimed(&lab, agent);
     wait_client_ok(&lab, agent);
     let applied = table_shape(&lab, false).expect("natron table");
@@ -266,7 +268,7 @@ fn data_plane_survives_the_agent_and_drift_is_repaired() {
 
     // A restart finds the table right and leaves it alone: same rules, same
     // handles (nothing was rewritten), no duplicates.
-    let again = lab.start_agent(0, &lab.agent_config(), &[]).unwrap();
+    let again = lab.start_agent(0, lab.agent_config(), &[]).unwrap();
     lab.wait_for("restarted agent ready", Duration::from_secs(15), || {
         lab.agent_get(0, "/readyz").ok().filter(|(c, _)| *c == 200)
     })
@@ -316,28 +318,36 @@ fn data_plane_survives_the_agent_and_drift_is_repaired() {
 fn malformed_config_exits_2_naming_the_key_and_changes_nothing() {
     let lab = lab();
     let nat = lab.nats[0].clone();
-    let bad = lab.agent_config().replace("rise = 2", "rise = 0");
-    let agent = lab.start_agent(0, &bad, &[]).unwrap();
+    let text = lab.agent_config().to_toml();
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "rise = 2")
+        .expect("the lab's configuration sets health.rise");
+    let bad = text.replace("rise = 2", "rise = 0");
+    let agent = lab.start_agent(0, bad, &[]).unwrap();
     let code = lab
         .wait_agent_exit(agent, Duration::from_secs(10))
         .expect("agent exits");
     assert_eq!(code, Some(2));
     let log = lab.agent_log(agent);
     assert!(
-        log.contains("health.rise") && log.contains(":8:"),
-        "message names key and line: {log}"
+        log.contains("health.rise") && log.contains(&format!(":{line}:")),
+        "message names key and line {line}: {log}"
     );
-    let typo = lab.agent_config().replace("rise = 2", "rize = 2");
-    let agent = lab.start_agent(0, &typo, &["--validate"]).unwrap();
+    let typo = text.replace("rise = 2", "rize = 2");
+    let agent = lab.start_agent(0, typo, &["--validate"]).unwrap();
     assert_eq!(
         lab.wait_agent_exit(agent, Duration::from_secs(10))
             .expect("exits"),
         Some(2)
     );
     let log = lab.agent_log(agent);
-    assert!(log.contains("rize") && log.contains("line 8"), "{log}");
+    assert!(
+        log.contains("rize") && log.contains(&format!("line {line}")),
+        "{log}"
+    );
     let agent = lab
-        .start_agent(0, &lab.agent_config(), &["--validate"])
+        .start_agent(0, lab.agent_config(), &["--validate"])
         .unwrap();
     assert_eq!(
         lab.wait_agent_exit(agent, Duration::from_secs(10))
@@ -358,7 +368,7 @@ fn unreachable_metadata_service_gives_503_with_the_reason() {
     let agent = lab
         .start_agent_with_env(
             0,
-            &lab.agent_config(),
+            lab.agent_config(),
             &[],
             &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1/")],
         )
@@ -368,26 +378,17 @@ fn unreachable_metadata_service_gives_503_with_the_reason() {
             "503 naming the metadata service",
             Duration::from_secs(15),
             || {
-                lab.agent_get(0, "/readyz")
-                    .ok()
-                    .filter(|(code, body)| {
-                        *code == 503
-                            && body.contains("metadata: instance metadata /latest/meta-data")
-                    })
-                    .map(|(_, b)| b)
+                lab.agent_readyz(0).ok().filter(|(code, body)| {
+                    *code == 503
+                        && body.reasons.iter().any(|r| {
+                            r.area == Area::Metadata && r.message.contains("/latest/meta-data")
+                        })
+                })
             },
         )
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(agent)));
-    let doc: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(doc["ready"], false);
-    assert!(
-        doc["reasons"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r.as_str().unwrap().contains("/latest/meta-data")),
-        "{body}"
-    );
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(agent)))
+        .1;
+    assert!(!body.ready, "{body:?}");
     // Still alive several seconds later, and nothing was changed meanwhile.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
@@ -407,11 +408,15 @@ fn unreachable_metadata_service_gives_503_with_the_reason() {
 #[test]
 fn a_full_conntrack_table_leaves_the_agents_endpoints_reachable() {
     let lab = lab();
-    let agent = lab.start_agent(0, &lab.agent_config(), &[]).unwrap();
+    let agent = lab.start_agent(0, lab.agent_config(), &[]).unwrap();
     wait_claimed(&lab, agent);
-    let max = lab.agent_status(0).unwrap()["dataplane"]["conntrack"]["max"]
-        .as_u64()
-        .expect("conntrack max in /status");
+    let max = lab
+        .agent_status(0)
+        .unwrap()
+        .dataplane
+        .conntrack
+        .expect("conntrack in /status")
+        .max;
     lab.fill_conntrack(0, max as usize, 5_000).unwrap();
     // Over loopback, as a scrape on the instance: the drops are counted.
     lab.wait_for("refused flows counted", Duration::from_secs(10), || {
@@ -427,11 +432,50 @@ fn a_full_conntrack_table_leaves_the_agents_endpoints_reachable() {
     // From another host of the VPC, as a peer asks.
     let nat = lab.nats[0].ip.to_string();
     let answer = lab.run_in(&lab.clients[0].ns, async move {
-        let get = natron_agent::probe::http_get(&nat, natron_lab::lab::AGENT_PORT, "/readyz");
-        tokio::time::timeout(Duration::from_secs(3), get).await
+        client::get(
+            &nat,
+            natron_lab::lab::AGENT_PORT,
+            "/readyz",
+            Duration::from_secs(3),
+        )
+        .await
     });
-    let (code, body) = answer
-        .unwrap_or_else(|_| panic!("no answer from the agent over the VPC"))
-        .unwrap_or_else(|e| panic!("agent over the VPC: {e}"));
+    let (code, body) = answer.unwrap_or_else(|e| panic!("agent over the VPC: {e}"));
     assert!(code == 200 || code == 503, "{code} {body}");
+}
+
+/// A supervised task that dies takes the agent down with a non-zero exit
+/// (systemd restarts it), naming the task, and moves no route: the kernel
+/// keeps forwarding.
+#[test]
+fn a_dead_task_stops_the_agent_and_moves_nothing() {
+    let lab = lab();
+    let agent = lab
+        .start_agent(
+            0,
+            lab.agent_config(),
+            &[
+                "--test-panic-task",
+                "heartbeat",
+                "--test-panic-after-secs",
+                "8",
+            ],
+        )
+        .unwrap();
+    wait_claimed(&lab, agent);
+    let (table, me) = (
+        lab.private_tables[0].clone(),
+        lab.nats[0].instance_id.clone(),
+    );
+    let code = lab
+        .wait_agent_exit(agent, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("agent still running\n{}", lab.agent_log(agent)));
+    assert_eq!(code, Some(1), "{}", lab.agent_log(agent));
+    let log = lab.agent_log(agent);
+    assert!(log.contains("task heartbeat panicked"), "{log}");
+    assert_eq!(lab.table_owner(&table).as_deref(), Some(me.as_str()));
+    lab.wait_for("client still served", Duration::from_secs(5), || {
+        lab.client_get(0, "/whoami").ok()
+    })
+    .unwrap();
 }

@@ -1,6 +1,7 @@
 //! The lab itself must behave like a VPC, or the agent's tests prove
 //! nothing: these check the IGW, the metadata stub and two AZs.
 
+use natron_contract::status::MoveKind;
 use std::time::Duration;
 
 use natron_lab::imds;
@@ -219,7 +220,7 @@ fn two_azs_each_served_by_their_own_nat() {
             .unwrap();
     });
     let agents: Vec<_> = (0..2)
-        .map(|az| lab.start_agent(az, &lab.agent_config(), &[]).unwrap())
+        .map(|az| lab.start_agent(az, lab.agent_config(), &[]).unwrap())
         .collect();
     for (az, agent) in agents.iter().enumerate() {
         let (table, eni) = (&lab.private_tables[az], &lab.nats[az].interface_id);
@@ -245,9 +246,13 @@ fn two_azs_each_served_by_their_own_nat() {
             "AZ {az}: server saw {seen}, expected {eip}"
         );
     }
-    let log = lab.agent_log(agents[1]);
+    let status = lab.agent_status(1).unwrap();
     assert!(
-        log.contains("route 0.0.0.0/0 moved") && log.contains(&format!("from={wrong_eni}")),
-        "{log}"
+        status
+            .failover
+            .events
+            .iter()
+            .any(|e| e.kind == MoveKind::Claim && e.from == wrong_eni),
+        "{status:?}"
     );
 }

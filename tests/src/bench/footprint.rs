@@ -9,15 +9,21 @@ use natron_lab::lab::{AgentId, Lab, LabSpec};
 use natron_lab::stats::median;
 use nix::sys::signal::Signal;
 
+use natron_agent::core::config::Config;
+
 use super::default_config;
 
 /// Every loop at its fastest allowed pace, to pack many ticks into the soak.
-fn fast_config() -> String {
-    format!(
-        "{}interval = \"100ms\"\n\n[nat]\nreconcile_interval = \"200ms\"\n\n[ec2]\nroute_interval = \"1s\"\n\n\
-         [failover]\npeer_interval = \"50ms\"\npeer_refresh = \"1s\"\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"1s\"\n",
-        default_config()
-    )
+fn fast_config() -> Config {
+    let mut c = default_config();
+    c.health.interval = Duration::from_millis(100);
+    c.nat.reconcile_interval = Duration::from_millis(200);
+    c.ec2.route_interval = Duration::from_secs(1);
+    c.failover.peer_interval = Duration::from_millis(50);
+    c.failover.peer_refresh = Duration::from_secs(1);
+    c.failover.heartbeat_interval = Duration::from_millis(100);
+    c.failover.heartbeat_timeout = Duration::from_secs(1);
+    c
 }
 
 fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -76,17 +82,15 @@ struct Started {
     ready: Duration,
 }
 
-fn start(lab: &Lab, az: usize, config: &str) -> Result<Started, String> {
+fn start(lab: &Lab, az: usize, config: &Config) -> Result<Started, String> {
     let t0 = Instant::now();
     let id = lab
         .start_agent(az, config, &[])
         .map_err(|e| e.to_string())?;
     let dataplane = wait(t0, "data plane in place", || {
         lab.agent_status(az).is_ok_and(|s| {
-            let d = &s["dataplane"];
-            d["forwarding"] == true
-                && d["ruleset_in_place"] == true
-                && d["source_dest_check_disabled"] == true
+            let d = &s.dataplane;
+            d.forwarding && d.ruleset_in_place && d.source_dest_check_disabled
         })
     })?;
     let ready = wait(t0, "ready", || {

@@ -17,9 +17,13 @@ pub struct Options {
     /// Repetitions of each failure.
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
-    /// Length of the partition run.
-    #[arg(long, default_value_t = 60)]
+    /// Length of each run that should move nothing (steady state,
+    /// partitions).
+    #[arg(long, default_value_t = 120)]
     pub partition_secs: u64,
+    /// Length of the flaky probe target run.
+    #[arg(long, default_value_t = 600)]
+    pub flaky_secs: u64,
     /// Data-plane rounds (variants alternate within each).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -42,14 +46,8 @@ pub struct Options {
 }
 
 /// Production defaults except what the lab needs: its probe targets.
-fn default_config() -> String {
-    use natron_lab::internet;
-    let s = internet::SERVER;
-    format!(
-        "[http]\nlisten = \"0.0.0.0:{}\"\n\n[health]\ntargets = [\"tcp://{s}:{}\", \"http://{s}/\"]\n",
-        natron_lab::lab::AGENT_PORT,
-        internet::HTTP_PORT
-    )
+fn default_config() -> natron_agent::core::config::Config {
+    natron_lab::lab::default_config()
 }
 
 /// The parts, in the order they run: name (for `--only` and the markers
@@ -83,7 +81,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 o.release_binary.as_deref(),
             ),
             "scale" => scale::run(),
-            _ => failover::run(o.runs, o.partition_secs),
+            _ => failover::run(o.runs, o.partition_secs, o.flaky_secs),
         }
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         let block = format!(
@@ -150,7 +148,8 @@ fn machine() -> String {
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = natron_agent::kernel::mem_total().unwrap_or(0) / 1_073_741_824;
+    let mem = natron_agent::edge::sysctl::mem_total(&natron_agent::edge::sysctl::ProcSys::default())
+        .unwrap_or(0) / 1_073_741_824;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_string())
         .unwrap_or_default();

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use natron_agent::kernel::conntrack_max_for_memory;
+use natron_agent::core::kernel::conntrack_max_for_memory;
 use natron_lab::dataplane::{Topology, Variant};
 use natron_lab::lab::{Lab, LabSpec};
 
@@ -71,15 +71,13 @@ fn metric(body: &str, name: &str) -> Option<f64> {
 fn full_table() -> Result<String, String> {
     let lab = Lab::start(LabSpec::with_azs(1)).map_err(|e| e.to_string())?;
     let id = lab
-        .start_agent(0, &default_config(), &[])
+        .start_agent(0, default_config(), &[])
         .map_err(|e| e.to_string())?;
     lab.wait_for("agent ready", Duration::from_secs(30), || {
         matches!(lab.agent_get(0, "/readyz"), Ok((200, _))).then_some(())
     })?;
     let status = lab.agent_status(0)?;
-    let max = status["dataplane"]["conntrack"]["max"]
-        .as_u64()
-        .unwrap_or(0);
+    let max = status.dataplane.conntrack.as_ref().map_or(0, |c| c.max);
     let flows = max as usize;
     let ns = lab.nats[0].ns.clone();
     let t0 = Instant::now();
@@ -93,10 +91,12 @@ fn full_table() -> Result<String, String> {
     let log = lab.agent_log(id);
     let drops = metric(&metrics, "natron_conntrack_drops_total").unwrap_or(f64::NAN);
     let early = metric(&metrics, "natron_conntrack_early_drops_total").unwrap_or(f64::NAN);
-    let entries = status["dataplane"]["conntrack"]["entries"]
-        .as_u64()
-        .unwrap_or(0);
-    let nearly_full = status["dataplane"]["conntrack"]["nearly_full"] == true;
+    let entries = status.dataplane.conntrack.as_ref().map_or(0, |c| c.entries);
+    let nearly_full = status
+        .dataplane
+        .conntrack
+        .as_ref()
+        .is_some_and(|c| c.nearly_full);
     let warned_full = log.contains("conntrack table at 90 %");
     let warned_drops = log.contains("conntrack table full: new flows are being dropped");
     // Assured UDP entries expire 120 s after their last packet; the agent
@@ -177,7 +177,7 @@ fn many_tables() -> Result<String, String> {
         .collect();
     let t0 = Instant::now();
     for az in 0..3 {
-        lab.start_agent(az, &default_config(), &[])
+        lab.start_agent(az, default_config(), &[])
             .map_err(|e| e.to_string())?;
     }
     let (vpc, group) = (lab.vpc_id.clone(), lab.spec.group.clone());

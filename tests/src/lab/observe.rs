@@ -1,0 +1,87 @@
+//! What tests read off the lab's hosts and agents: link counters, Prometheus
+//! samples, whether a port answers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use super::Lab;
+use crate::exec;
+
+impl Lab {
+    /// `ns`'s eth0 counters, both ways added: (packets, bytes).
+    pub fn link_totals(&self, ns: &str) -> Result<(u64, u64), String> {
+        let out = exec::in_ns(ns, "ip", &["-j", "-s", "link", "show", "dev", "eth0"])
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+        let s = &v[0]["stats64"];
+        let n = |dir: &str, key: &str| {
+            s[dir][key]
+                .as_u64()
+                .ok_or_else(|| format!("{ns} eth0: no {dir} {key} in {out}"))
+        };
+        Ok((
+            n("rx", "packets")? + n("tx", "packets")?,
+            n("rx", "bytes")? + n("tx", "bytes")?,
+        ))
+    }
+
+    /// `ns`'s eth0 hands the kernel frames as they are on the wire (no
+    /// segmentation offload): its packet counters then count wire packets,
+    /// not the 64 KiB super-packets TCP would otherwise send down a veth.
+    pub fn wire_sized_frames(&self, ns: &str) -> Result<(), String> {
+        exec::in_ns(ns, "ethtool", &["-K", "eth0", "tso", "off", "gso", "off"])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// NAT `az`'s /metrics as samples by their full name (labels included).
+    pub fn agent_metrics(&self, az: usize) -> Result<BTreeMap<String, f64>, String> {
+        let (_, body) = self.agent_get(az, "/metrics")?;
+        Ok(body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// The packets NAT `az`'s rule `rule` counted (0 when not listed).
+    pub fn rule_packets(&self, az: usize, rule: &str) -> f64 {
+        self.agent_metrics(az)
+            .ok()
+            .and_then(|m| {
+                m.get(&format!("natron_rule_packets_total{{rule=\"{rule}\"}}"))
+                    .copied()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Whether a TCP connection to `addr` opens within 2 s, from `ns`.
+    pub fn connects(&self, ns: &str, addr: SocketAddrV4) -> bool {
+        self.run_in(ns, async move {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                    .await,
+                Ok(Ok(_))
+            )
+        })
+    }
+}
+
+/// The lines of `log` that contain `needle`, digits masked (times, counts,
+/// backoffs), each with how often it appears: how a test tells "said once a
+/// minute" from "said on every attempt".
+pub fn masked_lines(log: &str, needle: &str) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains(needle)) {
+        let masked: String = line
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        *seen.entry(masked).or_default() += 1;
+    }
+    seen
+}

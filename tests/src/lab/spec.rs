@@ -1,0 +1,112 @@
+//! The lab's topology as data: its AZs, subnets and addresses.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use crate::emulator::REGION;
+use crate::vm::{Arch, Firmware};
+
+pub const VPC_CIDR: &str = "10.0.0.0/16";
+/// The EC2 endpoint as instances reach it (an interface endpoint in the VPC).
+pub const EC2_ENDPOINT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 255, 10);
+/// The port agents reach EC2 on: the counting proxy in front of moto.
+pub const EC2_PROXY_PORT: u16 = 5001;
+pub(super) const CTL_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 255, 1);
+pub use natron_contract::AGENT_PORT;
+
+#[derive(Debug, Clone)]
+pub struct AzSpec {
+    pub name: String,
+    pub letter: char,
+    pub public_cidr: Ipv4Net,
+    pub private_cidr: Ipv4Net,
+    pub nat_ip: Ipv4Addr,
+    pub client_ip: Ipv4Addr,
+    /// The NAT's Elastic IP (TEST-NET-3).
+    pub eip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub group: String,
+    pub azs: Vec<AzSpec>,
+    /// One AZ's NAT instance as natron's disk image under QEMU instead of
+    /// an agent in a namespace.
+    pub vm_nat: Option<VmNatSpec>,
+}
+
+/// The NAT of AZ `az` is `image` booted under QEMU, on a TAP device
+/// bridged to its router link (see `lab::vm`).
+#[derive(Debug, Clone)]
+pub struct VmNatSpec {
+    pub az: usize,
+    pub image: PathBuf,
+    pub arch: Arch,
+    pub firmware: Firmware,
+}
+
+impl LabSpec {
+    /// `n` AZs (us-east-1a, -1b, ...), each with a public subnet holding a
+    /// NAT instance and a private subnet holding a client.
+    pub fn with_azs(n: u8) -> LabSpec {
+        let azs = (0..n)
+            .map(|i| {
+                let letter = (b'a' + i) as char;
+                AzSpec {
+                    name: format!("{REGION}{letter}"),
+                    letter,
+                    public_cidr: format!("10.0.{i}.0/24").parse().expect("cidr"),
+                    private_cidr: format!("10.0.{}.0/24", 10 + i).parse().expect("cidr"),
+                    nat_ip: Ipv4Addr::new(10, 0, i, 10),
+                    client_ip: Ipv4Addr::new(10, 0, 10 + i, 10),
+                    eip: Ipv4Addr::new(203, 0, 113, 10 + i),
+                }
+            })
+            .collect();
+        LabSpec {
+            group: "lab".into(),
+            azs,
+            vm_nat: None,
+        }
+    }
+
+    /// AZ `az`'s NAT is the x86_64 `image` under QEMU, booting UEFI.
+    pub fn with_vm_nat(self, az: usize, image: PathBuf) -> LabSpec {
+        self.with_vm_nat_on(az, image, Arch::X86_64, Firmware::Uefi)
+    }
+
+    /// AZ `az`'s NAT is `image` under QEMU, as `arch` booting `firmware`.
+    pub fn with_vm_nat_on(
+        mut self,
+        az: usize,
+        image: PathBuf,
+        arch: Arch,
+        firmware: Firmware,
+    ) -> LabSpec {
+        self.vm_nat = Some(VmNatSpec {
+            az,
+            image,
+            arch,
+            firmware,
+        });
+        self
+    }
+}
+
+/// An instance of the lab: its namespace and its identity in the emulator.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub role: String,
+    pub ns: String,
+    pub instance_id: String,
+    pub interface_id: String,
+    pub subnet_id: String,
+    pub ip: Ipv4Addr,
+    /// Its link's name on the router side.
+    pub router_dev: String,
+    /// A virtual machine whose TAP device is bridged, in `ns`, to the
+    /// router link; `ns` then holds no address of the instance's.
+    pub vm: bool,
+}

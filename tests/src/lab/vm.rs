@@ -1,0 +1,261 @@
+//! A NAT instance that is natron's disk image under QEMU: the image's own
+//! kernel (with the flowtable fast path the host lacks), its systemd unit
+//! and its configuration from user data, forwarding the lab's traffic.
+//!
+//! ```text
+//!  rtr: i-nat-a (gateway/32, proxy ARP) ══ veth ══ nat-a: eth0 ─┐
+//!       dnsmasq: the VPC's DHCP                                 br0
+//!                                                   tap0 ───────┘
+//!                                                    └─ QEMU (virtio NIC with the ENI's MAC, MTU 9001)
+//! ```
+//!
+//! The router side of the link is an instance's like any other; the NAT's
+//! namespace holds no address, only a bridge between its link and the TAP
+//! device QEMU runs on (QEMU runs in that namespace). A DHCP server on the
+//! router side answers as the VPC's does: the instance's address, the
+//! subnet's gateway, the VPC resolver, EC2's 9,001-byte MTU. IMDS and the
+//! EC2 endpoint are reached through the router as from any namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use natron_agent::core::config::Config;
+
+use super::paths::VPC_MTU;
+use super::spec::*;
+use super::Lab;
+use crate::vm::{Machine, Nic};
+use crate::{exec, internet, LabError};
+
+const BRIDGE: &str = "br0";
+const TAP: &str = "tap0";
+
+/// What [`Lab::boot_vm_nat`] waits for after power-on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// /readyz answers 200.
+    Ready,
+    /// /readyz answers at all (the agent is up; ready or not).
+    Answers,
+}
+
+/// The lab's VM NAT: its machine (volume kept across power cycles) and
+/// the QEMU process while it is on.
+pub(super) struct VmNat {
+    pub(super) az: usize,
+    /// Its ENI's MAC address, which the VM's NIC carries.
+    mac: String,
+    machine: Machine,
+    qemu: Mutex<Option<Child>>,
+    log: PathBuf,
+}
+
+impl VmNat {
+    /// A fresh machine as `spec` says, in `dir`: a 2 GiB volume (bigger
+    /// than the image, so the first boot grows into it).
+    pub(super) fn new(spec: &VmNatSpec, mac: &str, dir: &Path) -> Result<VmNat, LabError> {
+        let dir = dir.join(format!("vm-{}", spec.az));
+        Ok(VmNat {
+            az: spec.az,
+            mac: mac.to_string(),
+            machine: Machine::create(&spec.image, spec.arch, spec.firmware, &dir, "2G")?,
+            qemu: Mutex::new(None),
+            log: dir.join("qemu.log"),
+        })
+    }
+
+    /// QEMU's process, for the lab's cleanup.
+    pub(super) fn take_process(&self) -> Option<Child> {
+        self.qemu.lock().expect("vm").take()
+    }
+}
+
+/// Wires `host` (a VM NAT) to the router: the router side as for any
+/// instance, a bridge from its link to a TAP device in its namespace, and
+/// the subnet's DHCP server on the router side (returned, to be stopped
+/// with the lab).
+pub(super) fn wire(
+    rtr: &str,
+    host: &Host,
+    mac: &str,
+    subnet: Ipv4Net,
+    dir: &Path,
+) -> Result<Child, LabError> {
+    let gateway = subnet.hosts().next().expect("subnet has hosts");
+    let (dev, ns, mtu) = (
+        host.router_dev.as_str(),
+        host.ns.as_str(),
+        VPC_MTU.to_string(),
+    );
+    let delivery = crate::router::DELIVERY_TABLE.to_string();
+    exec::ip_batch(
+        rtr,
+        &[
+            format!("link add {dev} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}"),
+            format!("addr add {gateway}/32 dev {dev}"),
+            format!("link set {dev} up"),
+            format!("route add {}/32 dev {dev} table {delivery}", host.ip),
+        ],
+    )?;
+    exec::ip_batch(
+        ns,
+        &[
+            format!("link add {BRIDGE} mtu {mtu} type bridge"),
+            format!("tuntap add dev {TAP} mode tap"),
+            format!("link set {TAP} mtu {mtu} master {BRIDGE} up"),
+            format!("link set eth0 master {BRIDGE} up"),
+            format!("link set {BRIDGE} up"),
+        ],
+    )?;
+    // The VPC's DHCP: a fixed address per MAC, nothing dynamic, no DNS
+    // service of its own (port 0); the resolver it names is the VPC's
+    // base + 2, as on AWS.
+    let resolver = std::net::Ipv4Addr::from(
+        u32::from(VPC_CIDR.parse::<Ipv4Net>().expect("cidr").network()) + 2,
+    );
+    let leases = dir.join(format!("dnsmasq-{}.leases", host.role));
+    let args: Vec<String> = vec![
+        "--keep-in-foreground".into(),
+        "--port=0".into(),
+        "--conf-file=/dev/null".into(),
+        format!("--interface={dev}"),
+        "--bind-interfaces".into(),
+        "--dhcp-authoritative".into(),
+        format!(
+            "--dhcp-range={},static,{}",
+            subnet.network(),
+            subnet.netmask()
+        ),
+        format!("--dhcp-host={mac},{}", host.ip),
+        format!("--dhcp-option=option:router,{gateway}"),
+        format!("--dhcp-option=option:dns-server,{resolver}"),
+        format!("--dhcp-option=option:mtu,{mtu}"),
+        format!("--dhcp-leasefile={}", leases.display()),
+        "--log-dhcp".into(),
+    ];
+    exec::spawn_in_ns(
+        rtr,
+        Path::new("dnsmasq"),
+        &args,
+        &[],
+        &dir.join(format!("dnsmasq-{}.log", host.role)),
+    )
+}
+
+impl Lab {
+    /// What `natron apply` writes as user data (the group; every other key
+    /// at its default), plus what the lab must differ in: its EC2 endpoint
+    /// (an interface endpoint in the VPC), its internet server as the
+    /// egress probe target, and a 1 s probe timeout (a guest under TCG
+    /// answers tens of times slower than an instance; the default 200 ms
+    /// would fail rounds while it forwards a bulk transfer). Tests change
+    /// timings from here.
+    pub fn vm_nat_config(&self) -> Config {
+        let mut c = Config {
+            group: Some(self.spec.group.clone()),
+            ..Config::default()
+        };
+        c.ec2.endpoint_url = Some(format!("http://{EC2_ENDPOINT_IP}:{EC2_PROXY_PORT}"));
+        let s = internet::SERVER;
+        c.health.targets = vec![
+            format!("tcp://{s}:{}", internet::HTTP_PORT),
+            format!("http://{s}/"),
+        ];
+        c.health.timeout = Duration::from_secs(1);
+        c
+    }
+
+    fn vm_nat(&self) -> Result<&VmNat, LabError> {
+        self.vm
+            .as_ref()
+            .ok_or_else(|| LabError::Setup("this lab has no VM NAT".into()))
+    }
+
+    /// Powers the VM NAT on with `config` as its user data and waits until
+    /// its agent's /readyz answers as `until` says (asked from the control
+    /// namespace, as a peer would): the time from power-on, or an error
+    /// with the console's end after `bound`.
+    pub fn boot_vm_nat(
+        &self,
+        config: &Config,
+        until: Until,
+        bound: Duration,
+    ) -> Result<Duration, LabError> {
+        let vm = self.vm_nat()?;
+        let host = &self.nats[vm.az];
+        self.imds_user_data.set(&host.instance_id, config.to_toml());
+        let mut qemu = vm.qemu.lock().expect("vm");
+        if qemu.is_some() {
+            return Err(LabError::Setup(format!(
+                "VM NAT {} is already on",
+                host.role
+            )));
+        }
+        let (binary, args) = vm.machine.command(&Nic::Tap {
+            ifname: TAP.into(),
+            mac: vm.mac.clone(),
+            mtu: VPC_MTU,
+        });
+        let started = Instant::now();
+        *qemu = Some(exec::spawn_in_ns(
+            &host.ns,
+            Path::new(binary),
+            &args,
+            &[],
+            &vm.log,
+        )?);
+        drop(qemu);
+        loop {
+            if let Some(status) = vm
+                .qemu
+                .lock()
+                .expect("vm")
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let log = std::fs::read_to_string(&vm.log).unwrap_or_default();
+                vm.qemu.lock().expect("vm").take();
+                return Err(LabError::Setup(format!(
+                    "QEMU exited ({status}) before the agent was ready: {log}\n{}",
+                    vm.machine.console_tail(60)
+                )));
+            }
+            match (until, self.agent_get(vm.az, "/readyz")) {
+                (Until::Ready, Ok((200, _))) | (Until::Answers, Ok(_)) => {
+                    return Ok(started.elapsed())
+                }
+                _ => {}
+            }
+            if started.elapsed() > bound {
+                let status = self.agent_get(vm.az, "/status").map(|(_, b)| b);
+                return Err(LabError::Setup(format!(
+                    "VM NAT {}: not ready {bound:?} after power-on\n/status: {status:?}\n--- console (end) ---\n{}",
+                    host.role,
+                    vm.machine.console_tail(80)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Pulls the VM NAT's plug (its process killed: no shutdown, no
+    /// handoff, as when an instance dies).
+    pub fn power_off_vm_nat(&self) -> Result<(), LabError> {
+        if let Some(mut child) = self.vm_nat()?.take_process() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Everything the VM NAT printed on its console, across its boots.
+    pub fn vm_nat_console(&self) -> String {
+        self.vm
+            .as_ref()
+            .map(|vm| vm.machine.console())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,241 @@
+//! The lab's namespaces wired: the backbone (router, control plane, IGW,
+//! internet) and each instance's link to the router.
+
+use ipnet::Ipv4Net;
+
+use crate::imds::{self};
+use crate::internet;
+use crate::router::{self, DELIVERY_TABLE};
+use crate::{exec, LabError};
+
+use super::spec::*;
+
+fn sysctl(ns: &str, settings: &[&str]) -> Result<(), LabError> {
+    let mut args = vec!["-q", "-w"];
+    args.extend_from_slice(settings);
+    exec::in_ns(ns, "sysctl", &args).map(|_| ())
+}
+
+/// Router <-> control, router <-> IGW <-> internet, and the router's rules.
+pub(super) fn wire_backbone(ctl: &str, rtr: &str, igw: &str, inet: &str) -> Result<(), LabError> {
+    sysctl(
+        rtr,
+        &[
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.default.send_redirects=0",
+            "net.ipv4.conf.default.proxy_arp=1",
+        ],
+    )?;
+    sysctl(
+        igw,
+        &[
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ],
+    )?;
+    let r = |args: &[&str]| exec::ip(rtr, args).map(|_| ());
+    // Control namespace: the EC2 endpoint and the metadata address.
+    r(&[
+        "link", "add", "ctl0", "type", "veth", "peer", "name", "eth0", "netns", ctl,
+    ])?;
+    r(&["addr", "add", &format!("{CTL_GATEWAY}/32"), "dev", "ctl0"])?;
+    r(&["link", "set", "ctl0", "up"])?;
+    let c = |args: &[&str]| exec::ip(ctl, args).map(|_| ());
+    c(&[
+        "addr",
+        "add",
+        &format!("{EC2_ENDPOINT_IP}/32"),
+        "dev",
+        "eth0",
+    ])?;
+    c(&["addr", "add", &format!("{}/32", imds::ADDR), "dev", "eth0"])?;
+    c(&["link", "set", "eth0", "up"])?;
+    c(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &CTL_GATEWAY.to_string(),
+        "dev",
+        "eth0",
+        "onlink",
+    ])?;
+    let table = DELIVERY_TABLE.to_string();
+    r(&[
+        "route",
+        "add",
+        &format!("{EC2_ENDPOINT_IP}/32"),
+        "dev",
+        "ctl0",
+        "table",
+        &table,
+    ])?;
+    r(&[
+        "route",
+        "add",
+        &format!("{}/32", imds::ADDR),
+        "dev",
+        "ctl0",
+        "table",
+        &table,
+    ])?;
+    // IGW and internet.
+    r(&[
+        "link",
+        "add",
+        router::ROUTER_IGW_DEV,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        router::IGW_VPC_DEV,
+        "netns",
+        igw,
+    ])?;
+    r(&[
+        "addr",
+        "add",
+        &format!("{}/30", router::ROUTER_IGW_ADDR),
+        "dev",
+        router::ROUTER_IGW_DEV,
+    ])?;
+    r(&["link", "set", router::ROUTER_IGW_DEV, "up"])?;
+    let g = |args: &[&str]| exec::ip(igw, args).map(|_| ());
+    g(&[
+        "addr",
+        "add",
+        &format!("{}/30", router::IGW_ADDR),
+        "dev",
+        router::IGW_VPC_DEV,
+    ])?;
+    g(&["link", "set", router::IGW_VPC_DEV, "up"])?;
+    g(&[
+        "route",
+        "add",
+        VPC_CIDR,
+        "via",
+        &router::ROUTER_IGW_ADDR.to_string(),
+    ])?;
+    g(&[
+        "link",
+        "add",
+        router::IGW_INET_DEV,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        inet,
+    ])?;
+    g(&[
+        "addr",
+        "add",
+        &format!("{}/24", internet::GATEWAY),
+        "dev",
+        router::IGW_INET_DEV,
+    ])?;
+    g(&["link", "set", router::IGW_INET_DEV, "up"])?;
+    let i = |args: &[&str]| exec::ip(inet, args).map(|_| ());
+    i(&[
+        "addr",
+        "add",
+        &format!("{}/24", internet::SERVER),
+        "dev",
+        "eth0",
+    ])?;
+    i(&["link", "set", "eth0", "up"])?;
+    i(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &internet::GATEWAY.to_string(),
+    ])?;
+    // Router policy: metadata and traffic from the control plane and the
+    // IGW are delivered directly; everything else follows its subnet's
+    // route table (pref 200, synced), then local delivery, then nothing.
+    let imds_dest = format!("{}/32", imds::ADDR);
+    r(&[
+        "rule", "add", "pref", "100", "to", &imds_dest, "lookup", &table,
+    ])?;
+    r(&[
+        "rule", "add", "pref", "150", "iif", "ctl0", "lookup", &table,
+    ])?;
+    r(&[
+        "rule",
+        "add",
+        "pref",
+        "151",
+        "iif",
+        router::ROUTER_IGW_DEV,
+        "lookup",
+        &table,
+    ])?;
+    r(&["rule", "add", "pref", "250", "lookup", &table])?;
+    r(&["rule", "add", "pref", "260", "unreachable"])?;
+    Ok(())
+}
+
+/// An instance's single interface (eth0, with its emulator MAC) and its
+/// router side: the subnet gateway address, proxy ARP, a delivery route.
+pub(super) fn wire_host(
+    rtr: &str,
+    host: &Host,
+    mac: &str,
+    subnet: Ipv4Net,
+) -> Result<(), LabError> {
+    let gateway = subnet.hosts().next().expect("subnet has hosts");
+    let dev = host.router_dev.as_str();
+    exec::ip(
+        rtr,
+        &[
+            "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", &host.ns,
+        ],
+    )?;
+    if !mac.is_empty() {
+        exec::ip(&host.ns, &["link", "set", "eth0", "address", mac])?;
+    }
+    exec::ip(
+        &host.ns,
+        &[
+            "addr",
+            "add",
+            &format!("{}/{}", host.ip, subnet.prefix_len()),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    exec::ip(&host.ns, &["link", "set", "eth0", "up"])?;
+    exec::ip(
+        &host.ns,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway.to_string(),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    exec::ip(rtr, &["addr", "add", &format!("{gateway}/32"), "dev", dev])?;
+    exec::ip(rtr, &["link", "set", dev, "up"])?;
+    exec::ip(
+        rtr,
+        &[
+            "route",
+            "add",
+            &format!("{}/32", host.ip),
+            "dev",
+            dev,
+            "table",
+            &DELIVERY_TABLE.to_string(),
+        ],
+    )?;
+    Ok(())
+}
