@@ -41,14 +41,34 @@ pub enum Variant {
     Natron,
     /// The same with `nat.fully_random = true`.
     NatronFullyRandom,
+    /// natron with `nat.flowtable = false`: its slow path on a kernel that
+    /// has the fast path.
+    NatronNoFlowtable,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::Plain,
         Variant::FckNat,
         Variant::Natron,
         Variant::NatronFullyRandom,
+        Variant::NatronNoFlowtable,
+    ];
+    /// What the host's bench compares (its kernel has no flowtable, so
+    /// natron without one is natron).
+    pub const HOST: [Variant; 4] = [
+        Variant::Plain,
+        Variant::FckNat,
+        Variant::Natron,
+        Variant::NatronFullyRandom,
+    ];
+    /// What the bench inside the image compares (its kernel has the
+    /// flowtable).
+    pub const GUEST: [Variant; 4] = [
+        Variant::Plain,
+        Variant::FckNat,
+        Variant::Natron,
+        Variant::NatronNoFlowtable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +77,7 @@ impl Variant {
             Variant::FckNat => "fck-nat rule (iptables MASQUERADE)",
             Variant::Natron => "natron",
             Variant::NatronFullyRandom => "natron, fully-random",
+            Variant::NatronNoFlowtable => "natron without its flowtable",
         }
     }
 }
@@ -274,10 +295,10 @@ impl Topology {
                     ],
                 )?;
             }
-            Variant::Natron | Variant::NatronFullyRandom => {
-                self.apply_ruleset(
-                    &self.natron_spec(variant == Variant::NatronFullyRandom, ports),
-                )?;
+            Variant::Natron | Variant::NatronFullyRandom | Variant::NatronNoFlowtable => {
+                let mut spec = self.natron_spec(variant == Variant::NatronFullyRandom, ports);
+                spec.flowtable &= variant != Variant::NatronNoFlowtable;
+                self.apply_ruleset(&spec)?;
             }
         }
         Ok(())

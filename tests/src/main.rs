@@ -40,6 +40,15 @@ enum Command {
         #[arg(long, default_value = "240")]
         bound_secs: u64,
     },
+    /// The bench's part inside the image (bench::guest): the data-plane
+    /// variants on this kernel, the report on stdout. Runs in the guest.
+    #[command(hide = true)]
+    GuestBench {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        secs: u32,
+    },
     /// Helper of the data-plane bench: hold many TCP connections open
     /// (natron_lab::hold). Runs until killed.
     #[command(hide = true)]
@@ -64,6 +73,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo => demo(),
         Command::Bench(options) => bench::run(options),
+        Command::GuestBench { rounds, secs } => {
+            let report = bench::guest_dataplane(rounds, secs).map_err(anyhow::Error::msg)?;
+            print!("{report}");
+            Ok(())
+        }
         Command::Hold {
             listen,
             connect,

@@ -43,6 +43,19 @@ pub enum Nic {
         mac: String,
         mtu: u16,
     },
+    /// No network at all (a guest that only talks to itself).
+    None,
+}
+
+/// The image's kernel booted directly (QEMU's `-kernel`, BIOS), with the
+/// image's own initrd and this command line, instead of through its boot
+/// loader: how a guest is given a job of its own (`systemd.run=`).
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+    /// A raw disk image attached read-only beside the volume.
+    pub data: Option<PathBuf>,
 }
 
 /// A machine's files: its volume, its UEFI variables and serial logs, all
@@ -154,6 +167,15 @@ impl Machine {
     /// The QEMU program and its arguments to power the machine on with
     /// `nic`. The process is the machine: killing it is pulling the plug.
     pub fn command(&self, nic: &Nic) -> (&'static str, Vec<String>) {
+        self.command_with(nic, None)
+    }
+
+    /// As [`Machine::command`], booting `direct` when given.
+    pub fn command_with(
+        &self,
+        nic: &Nic,
+        direct: Option<&DirectBoot>,
+    ) -> (&'static str, Vec<String>) {
         let mut args: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
         let binary = match self.arch {
@@ -204,6 +226,26 @@ impl Machine {
                 );
                 push(&["-netdev", &netdev, "-device", &device]);
             }
+            Nic::None => push(&["-nic", "none"]),
+        }
+        if let Some(d) = direct {
+            let (kernel, initrd) = (
+                d.kernel.display().to_string(),
+                d.initrd.display().to_string(),
+            );
+            push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &d.append]);
+            if let Some(data) = &d.data {
+                let drive = format!(
+                    "if=none,id=data,format=raw,readonly=on,file={}",
+                    data.display()
+                );
+                push(&[
+                    "-drive",
+                    &drive,
+                    "-device",
+                    "nvme,drive=data,serial=natron-data",
+                ]);
+            }
         }
         if let Some((code, _)) = self.firmware_files() {
             let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={code}");
@@ -244,6 +286,23 @@ mod tests {
             "an NVMe volume as on Nitro"
         );
         assert!(line.contains("OVMF_CODE.fd"));
+    }
+
+    #[test]
+    fn a_direct_boot_passes_the_kernel_its_command_line_and_the_data_disk() {
+        let direct = DirectBoot {
+            kernel: "/i/k".into(),
+            initrd: "/i/r".into(),
+            append: "console=ttyS0 systemd.run=/x".into(),
+            data: Some("/d/tools.img".into()),
+        };
+        let (_, args) =
+            machine(Arch::X86_64, Firmware::Bios).command_with(&Nic::None, Some(&direct));
+        let at = args.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(args[at + 1], "console=ttyS0 systemd.run=/x", "one argument");
+        let line = args.join(" ");
+        assert!(line.contains("-kernel /i/k -initrd /i/r") && line.contains("-nic none"));
+        assert!(line.contains("readonly=on,file=/d/tools.img"));
     }
 
     #[test]

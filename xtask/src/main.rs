@@ -174,11 +174,15 @@ fn bench(extra: &[String]) -> Result<(), String> {
     // The figures are for the binary users run: static, release.
     let arch = image::Arch::host();
     let agent = image::build_agent(arch)?;
+    // The data plane on the image's own kernel needs the image.
+    let img = image::build(image::Arch::X86_64)?;
     run(cargo().args(["build", "--quiet", "-p", "natron-agent", "-p", "natron-lab"]))?;
     run(Command::new(root().join("target/debug/natron-lab"))
         .arg("bench")
         .arg("--release-binary")
         .arg(&agent)
+        .arg("--image")
+        .arg(&img)
         .arg("--write")
         .arg(root().join("BENCHMARKS.md"))
         .args(extra))

@@ -7,7 +7,10 @@
 mod dataplane;
 mod failover;
 mod footprint;
+mod guest;
 mod scale;
+
+pub use dataplane::guest as guest_dataplane;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,9 +37,19 @@ pub struct Options {
     /// is 3,600 data-plane ticks, an hour's worth at the default 1 s.
     #[arg(long, default_value_t = 720)]
     pub soak_secs: u64,
-    /// Run one part only: dataplane, footprint, scale or failover.
+    /// Run one part only: dataplane, guest, footprint, scale or failover.
     #[arg(long)]
     pub only: Option<String>,
+    /// The x86_64 disk image, for the data plane inside it (`guest`);
+    /// without it that part is skipped.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Rounds of the data plane inside the image.
+    #[arg(long, default_value_t = 3)]
+    pub guest_rounds: usize,
+    /// Seconds per measurement inside the image.
+    #[arg(long, default_value_t = 5)]
+    pub guest_secs: u32,
     /// The static release agent: footprint, scale and failover run it.
     #[arg(long)]
     pub release_binary: Option<PathBuf>,
@@ -52,8 +65,9 @@ fn default_config() -> natron_agent::core::config::Config {
 
 /// The parts, in the order they run: name (for `--only` and the markers
 /// in BENCHMARKS.md) and title.
-const PARTS: [(&str, &str); 4] = [
+const PARTS: [(&str, &str); 5] = [
     ("dataplane", "Data plane"),
+    ("guest", "Data plane on the image's kernel"),
     ("footprint", "Footprint"),
     ("scale", "Scale"),
     ("failover", "Failover"),
@@ -62,7 +76,9 @@ const PARTS: [(&str, &str); 4] = [
 pub fn run(o: Options) -> anyhow::Result<()> {
     if let Some(only) = &o.only {
         if !PARTS.iter().any(|(name, _)| name == only) {
-            anyhow::bail!("--only {only}: expected one of dataplane, footprint, scale, failover");
+            anyhow::bail!(
+                "--only {only}: expected one of dataplane, guest, footprint, scale, failover"
+            );
         }
     }
     if let Some(agent) = &o.release_binary {
@@ -76,6 +92,13 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         let started = Instant::now();
         let body = match name {
             "dataplane" => dataplane::run(o.rounds, o.secs),
+            "guest" => match &o.image {
+                Some(image) => guest::run(image, o.guest_rounds, o.guest_secs),
+                None => {
+                    eprintln!("bench: no --image, so no data plane inside the image");
+                    continue;
+                }
+            },
             "footprint" => footprint::run(
                 Duration::from_secs(o.soak_secs),
                 o.release_binary.as_deref(),
