@@ -8,6 +8,20 @@ use std::time::Instant;
 
 use crate::{installed, root, run};
 
+/// Whether `package` is installed at `version` or later.
+fn installed_at_least(package: &str, version: &str) -> bool {
+    let installed = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    !installed.is_empty()
+        && Command::new("dpkg")
+            .args(["--compare-versions", &installed, "ge", version])
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
 /// Host packages for building (bookworm).
 const BUILD_PACKAGES: &[&str] = &[
     "dosfstools",
@@ -31,6 +45,10 @@ const BACKPORTS_PACKAGES: &[&str] = &["mkosi", "systemd-boot", "python3-pefile",
 /// test's firmware and emulator.
 const ARM64_PACKAGES: &[&str] = &["qemu-user-static", "qemu-efi-aarch64"];
 const ARM64_BACKPORTS_PACKAGES: &[&str] = &["qemu-system-arm"];
+/// Installed in bookworm already, but wanted at least at this version from
+/// bookworm-backports: mke2fs honours SOURCE_DATE_EPOCH from 1.47.1 on, so
+/// two builds give the root filesystem the same times.
+const BACKPORTS_UPGRADES: &[(&str, &str)] = &[("e2fsprogs", "1.47.1")];
 /// The C cross compiler for the aarch64 agent (aws-lc-sys): zig, from PyPI,
 /// driven by cargo-zigbuild, both pinned.
 const ZIG_VERSION: &str = "0.13.0";
@@ -72,6 +90,12 @@ pub fn prerequisites(arch: Arch) -> Result<(), String> {
         .chain(extra_bpo)
         .copied()
         .filter(|p| !installed(p))
+        .chain(
+            BACKPORTS_UPGRADES
+                .iter()
+                .filter(|(p, at_least)| !installed_at_least(p, at_least))
+                .map(|(p, _)| *p),
+        )
         .collect();
     if !missing.is_empty() || !missing_bpo.is_empty() {
         run(Command::new("apt-get").args(["update", "-qq"]))?;

@@ -44,8 +44,9 @@ pub struct Options {
     /// without it that part is skipped.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Rounds of the data plane inside the image.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of the data plane inside the image (TCG is noisy: 7 rounds
+    /// take about 11 minutes).
+    #[arg(long, default_value_t = 7)]
     pub guest_rounds: usize,
     /// Seconds per measurement inside the image.
     #[arg(long, default_value_t = 5)]
