@@ -42,10 +42,7 @@ pub fn run(
     let egress = lab.wait_for(
         "the client egresses via the VM",
         Duration::from_secs(30),
-        || {
-            let seen = lab.client_get(0, "/whoami").ok()?;
-            seen.starts_with(&format!("{eip}:")).then_some(seen)
-        },
+        || lab.egress_via(0, eip),
     );
     let status = lab.agent_status(0).map_err(LabError::Setup)?;
     let mut checks = Vec::new();

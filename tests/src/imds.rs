@@ -37,9 +37,6 @@ const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub struct Imds {
     pub view: Arc<RwLock<VpcView>>,
     pub region: String,
-    /// Answer as this instance whoever asks (a VM behind QEMU's user
-    /// network reaches the stub from 127.0.0.1).
-    pub fixed: Option<String>,
     /// Served at `user-data`, per instance id (404 for an instance without).
     pub user_data: UserData,
     /// Requests so far (token and metadata), per caller address.
@@ -97,7 +94,6 @@ impl Imds {
         Imds {
             view,
             region: region.to_string(),
-            fixed: None,
             user_data: UserData::default(),
             requests: Requests::default(),
             tokens: Arc::default(),
@@ -167,11 +163,7 @@ async fn metadata(
         return StatusCode::NOT_FOUND.into_response();
     };
     let view = imds.view.read().expect("view").clone();
-    let caller = match &imds.fixed {
-        Some(id) => view.instances.iter().find(|i| &i.id == id),
-        None => view.instance_by_ip(*peer.ip()),
-    };
-    let Some(instance) = caller else {
+    let Some(instance) = view.instance_by_ip(*peer.ip()) else {
         return (
             StatusCode::NOT_FOUND,
             "caller is not an instance of the lab VPC\n",

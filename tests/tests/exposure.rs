@@ -26,15 +26,14 @@ fn lab(azs: u8) -> Lab {
 /// the NAT's Elastic IP seen by the internet server).
 fn wait_egress(lab: &Lab, az: usize, agent: AgentId) {
     let (table, eni) = (&lab.private_tables[az], &lab.nats[az].interface_id);
-    let eip = lab.spec.azs[az].eip.to_string();
+    let eip = lab.spec.azs[az].eip;
     lab.wait_for(
         "client egresses via its NAT",
         Duration::from_secs(30),
         || {
             let routed =
                 matches!(lab.default_route_of(table), Some(Target::Interface(ref e)) if e == eni);
-            let seen = lab.client_get(az, "/whoami").ok()?;
-            (routed && seen.starts_with(&format!("{eip}:"))).then_some(())
+            (routed && lab.egress_via(az, eip).is_some()).then_some(())
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", lab.agent_log(agent)));

@@ -30,8 +30,7 @@ fn image() -> PathBuf {
 /// NAT whose Elastic IP is `eip`.
 fn wait_egress_via(lab: &Lab, az: usize, eip: std::net::Ipv4Addr, within: Duration) {
     lab.wait_for("the client egresses via the NAT", within, || {
-        let seen = lab.client_get(az, "/whoami").ok()?;
-        seen.starts_with(&format!("{eip}:")).then_some(())
+        lab.egress_via(az, eip)
     })
     .unwrap_or_else(|e| panic!("{e}\n--- console (end) ---\n{}", tail(lab)));
 }

@@ -36,8 +36,6 @@ const BUILD_PACKAGES: &[&str] = &[
     "musl-tools",
     "debian-archive-keyring",
     "ovmf",
-    // The boot test's per-connection guest forwards.
-    "socat",
 ];
 /// From bookworm-backports: mkosi 14 in bookworm cannot build offline.
 const BACKPORTS_PACKAGES: &[&str] = &["mkosi", "systemd-boot", "python3-pefile", "qemu-system-x86"];

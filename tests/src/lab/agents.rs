@@ -149,7 +149,6 @@ impl Lab {
         let config_path = self.dir.join(format!("{}-{n}.toml", nat.role));
         std::fs::write(&config_path, config.into().0)
             .map_err(|e| LabError::Setup(format!("{}: {e}", config_path.display())))?;
-        let log = self.dir.join(format!("{}-{n}.log", nat.role));
         // One runtime directory per NAT, kept across its agent's restarts
         // as systemd's RuntimeDirectoryPreserve keeps /run/natron.
         let state_dir = self.dir.join(format!("{}-run", nat.role));
@@ -161,10 +160,7 @@ impl Lab {
         ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let mut vars: Vec<(String, String)> = vec![
-            (
-                "AWS_ENDPOINT_URL".into(),
-                format!("http://{EC2_ENDPOINT_IP}:{EC2_PROXY_PORT}"),
-            ),
+            ("AWS_ENDPOINT_URL".into(), ec2_endpoint_url()),
             (
                 "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
                 format!("http://{}/", imds::ADDR),
@@ -180,6 +176,22 @@ impl Lab {
                 vars.push((k.to_string(), v.to_string()));
             }
         }
+        self.launch(&mut agents, az, args, vars, config_path)
+    }
+
+    /// Starts the agent of NAT `az` with this command line, as agent
+    /// number `agents.len()`, its output in its own log.
+    fn launch(
+        &self,
+        agents: &mut Vec<AgentProcess>,
+        az: usize,
+        args: Vec<String>,
+        vars: Vec<(String, String)>,
+        config_path: PathBuf,
+    ) -> Result<AgentId, LabError> {
+        let n = agents.len();
+        let nat = &self.nats[az];
+        let log = self.dir.join(format!("{}-{n}.log", nat.role));
         let child = exec::spawn_in_ns(&nat.ns, &agent_binary()?, &args, &vars, &log)?;
         agents.push(AgentProcess {
             child,
@@ -226,18 +238,7 @@ impl Lab {
             std::fs::write(&config_path, c.to_toml())
                 .map_err(|e| LabError::Setup(format!("{}: {e}", config_path.display())))?;
         }
-        let n = agents.len();
-        let log = self.dir.join(format!("{}-{n}.log", self.nats[az].role));
-        let child = exec::spawn_in_ns(&self.nats[az].ns, &agent_binary()?, &args, &vars, &log)?;
-        agents.push(AgentProcess {
-            child,
-            log,
-            az,
-            args,
-            vars,
-            config_path,
-        });
-        Ok(AgentId(n))
+        self.launch(&mut agents, az, args, vars, config_path)
     }
 
     /// `natron-agent handoff` on NAT `az`, as the image runs it at

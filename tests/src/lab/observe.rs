@@ -2,7 +2,7 @@
 //! samples, whether a port answers.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use super::Lab;
@@ -57,6 +57,14 @@ impl Lab {
                     .copied()
             })
             .unwrap_or(0.0)
+    }
+
+    /// Client `az`'s address as the internet server saw it (its /whoami),
+    /// when that is `public`: the client egressed through the NAT holding
+    /// that address.
+    pub fn egress_via(&self, az: usize, public: Ipv4Addr) -> Option<String> {
+        let seen = self.client_get(az, "/whoami").ok()?;
+        seen.starts_with(&format!("{public}:")).then_some(seen)
     }
 
     /// Whether a TCP connection to `addr` opens within 2 s, from `ns`.

@@ -13,6 +13,11 @@ pub const VPC_CIDR: &str = "10.0.0.0/16";
 pub const EC2_ENDPOINT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 255, 10);
 /// The port agents reach EC2 on: the counting proxy in front of moto.
 pub const EC2_PROXY_PORT: u16 = 5001;
+
+/// The EC2 endpoint URL the agents are given.
+pub fn ec2_endpoint_url() -> String {
+    format!("http://{EC2_ENDPOINT_IP}:{EC2_PROXY_PORT}")
+}
 pub(super) const CTL_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 255, 1);
 pub use natron_contract::AGENT_PORT;
 

@@ -26,9 +26,10 @@ use natron_agent::core::config::Config;
 
 use super::paths::VPC_MTU;
 use super::spec::*;
+use super::wiring::link_to_router;
 use super::Lab;
 use crate::vm::{Machine, Nic};
-use crate::{exec, internet, LabError};
+use crate::{exec, LabError};
 
 const BRIDGE: &str = "br0";
 const TAP: &str = "tap0";
@@ -84,22 +85,12 @@ pub(super) fn wire(
     subnet: Ipv4Net,
     dir: &Path,
 ) -> Result<Child, LabError> {
-    let gateway = subnet.hosts().next().expect("subnet has hosts");
+    let gateway = link_to_router(rtr, host, subnet, Some(VPC_MTU))?;
     let (dev, ns, mtu) = (
         host.router_dev.as_str(),
         host.ns.as_str(),
         VPC_MTU.to_string(),
     );
-    let delivery = crate::router::DELIVERY_TABLE.to_string();
-    exec::ip_batch(
-        rtr,
-        &[
-            format!("link add {dev} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}"),
-            format!("addr add {gateway}/32 dev {dev}"),
-            format!("link set {dev} up"),
-            format!("route add {}/32 dev {dev} table {delivery}", host.ip),
-        ],
-    )?;
     exec::ip_batch(
         ns,
         &[
@@ -149,21 +140,17 @@ impl Lab {
     /// What `natron apply` writes as user data (the group; every other key
     /// at its default), plus what the lab must differ in: its EC2 endpoint
     /// (an interface endpoint in the VPC), its internet server as the
-    /// egress probe target, and a 1 s probe timeout (a guest under TCG
+    /// egress probe target ([`default_config`](super::default_config)),
+    /// and a 1 s probe timeout (a guest under TCG
     /// answers tens of times slower than an instance; the default 200 ms
     /// would fail rounds while it forwards a bulk transfer). Tests change
     /// timings from here.
     pub fn vm_nat_config(&self) -> Config {
         let mut c = Config {
             group: Some(self.spec.group.clone()),
-            ..Config::default()
+            ..super::default_config()
         };
-        c.ec2.endpoint_url = Some(format!("http://{EC2_ENDPOINT_IP}:{EC2_PROXY_PORT}"));
-        let s = internet::SERVER;
-        c.health.targets = vec![
-            format!("tcp://{s}:{}", internet::HTTP_PORT),
-            format!("http://{s}/"),
-        ];
+        c.ec2.endpoint_url = Some(ec2_endpoint_url());
         c.health.timeout = Duration::from_secs(1);
         c
     }

@@ -181,61 +181,50 @@ pub(super) fn wire_backbone(ctl: &str, rtr: &str, igw: &str, inet: &str) -> Resu
     Ok(())
 }
 
-/// An instance's single interface (eth0, with its emulator MAC) and its
-/// router side: the subnet gateway address, proxy ARP, a delivery route.
+/// The link from the router to `host`'s namespace (`eth0` there), with
+/// `mtu` on both ends when given, and its router side: the subnet's gateway
+/// address (proxy ARP answers for the rest), and a delivery route to the
+/// instance. Returns the gateway.
+pub(super) fn link_to_router(
+    rtr: &str,
+    host: &Host,
+    subnet: Ipv4Net,
+    mtu: Option<u16>,
+) -> Result<std::net::Ipv4Addr, LabError> {
+    let gateway = subnet.hosts().next().expect("subnet has hosts");
+    let (dev, ns) = (host.router_dev.as_str(), host.ns.as_str());
+    let mtu = mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+    exec::ip_batch(
+        rtr,
+        &[
+            format!("link add {dev}{mtu} type veth peer name eth0{mtu} netns {ns}"),
+            format!("addr add {gateway}/32 dev {dev}"),
+            format!("link set {dev} up"),
+            format!("route add {}/32 dev {dev} table {DELIVERY_TABLE}", host.ip),
+        ],
+    )?;
+    Ok(gateway)
+}
+
+/// An instance's single interface (eth0, with its emulator MAC, its address
+/// and a default route to the gateway) on its link to the router.
 pub(super) fn wire_host(
     rtr: &str,
     host: &Host,
     mac: &str,
     subnet: Ipv4Net,
 ) -> Result<(), LabError> {
-    let gateway = subnet.hosts().next().expect("subnet has hosts");
-    let dev = host.router_dev.as_str();
-    exec::ip(
-        rtr,
-        &[
-            "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", &host.ns,
-        ],
-    )?;
+    let gateway = link_to_router(rtr, host, subnet, None)?;
+    let mut lines = Vec::new();
     if !mac.is_empty() {
-        exec::ip(&host.ns, &["link", "set", "eth0", "address", mac])?;
+        lines.push(format!("link set eth0 address {mac}"));
     }
-    exec::ip(
-        &host.ns,
-        &[
-            "addr",
-            "add",
-            &format!("{}/{}", host.ip, subnet.prefix_len()),
-            "dev",
-            "eth0",
-        ],
-    )?;
-    exec::ip(&host.ns, &["link", "set", "eth0", "up"])?;
-    exec::ip(
-        &host.ns,
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &gateway.to_string(),
-            "dev",
-            "eth0",
-        ],
-    )?;
-    exec::ip(rtr, &["addr", "add", &format!("{gateway}/32"), "dev", dev])?;
-    exec::ip(rtr, &["link", "set", dev, "up"])?;
-    exec::ip(
-        rtr,
-        &[
-            "route",
-            "add",
-            &format!("{}/32", host.ip),
-            "dev",
-            dev,
-            "table",
-            &DELIVERY_TABLE.to_string(),
-        ],
-    )?;
-    Ok(())
+    lines.push(format!(
+        "addr add {}/{} dev eth0",
+        host.ip,
+        subnet.prefix_len()
+    ));
+    lines.push("link set eth0 up".to_string());
+    lines.push(format!("route add default via {gateway} dev eth0"));
+    exec::ip_batch(&host.ns, &lines)
 }
