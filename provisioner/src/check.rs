@@ -106,7 +106,7 @@ fn check_subnet(inv: &Inventory, group: &str, id: &str, out: &mut Vec<Finding>) 
         push(
             Level::Error,
             format!("subnet {id} does not exist in {}", inv.vpc_id),
-            "remove the stale route table with `natron destroy`, or run `natron apply` without it",
+            "run `natron apply`: it deletes natron's route table made for the deleted subnet",
         );
         return;
     };
@@ -211,7 +211,7 @@ fn check_subnet(inv: &Inventory, group: &str, id: &str, out: &mut Vec<Finding>) 
         );
     }
     check_nat_egress(inv, nat, &mut push);
-    check_security_groups(inv, nat, subnet, &mut push);
+    check_security_groups(inv, group, nat, subnet, &mut push);
     check_acls(inv, nat, subnet, &mut push);
 }
 
@@ -242,8 +242,32 @@ fn check_nat_egress(inv: &Inventory, nat: &Instance, push: &mut impl FnMut(Level
     }
 }
 
+/// `apply` puts back the rules of natron's security group, but never
+/// changes a running instance's groups: the fix depends on whether the NAT
+/// still has natron's group.
+fn security_group_fix(inv: &Inventory, group: &str, nat: &Instance) -> String {
+    let name = crate::layout::Names::security_group(group);
+    match inv.security_groups.iter().find(|g| g.name == name) {
+        Some(sg) if nat.security_groups.contains(&sg.id) => format!(
+            "run `natron apply`: it puts back the rules of {name} ({}), which allows all traffic from the served subnets",
+            sg.id
+        ),
+        Some(sg) => format!(
+            "{} is not in natron's security group {name} ({sg}): attach it (`aws ec2 modify-instance-attribute --instance-id {} --groups {sg}`), or replace the NAT, whose launch template has it; `natron apply` does not change a running instance's groups",
+            nat.id,
+            nat.id,
+            sg = sg.id
+        ),
+        None => format!(
+            "natron's security group {name} is missing: run `natron apply` to create it, then replace the NAT {} so that it launches in it",
+            nat.id
+        ),
+    }
+}
+
 fn check_security_groups(
     inv: &Inventory,
+    group: &str,
     nat: &Instance,
     subnet: &Subnet,
     push: &mut impl FnMut(Level, String, &str),
@@ -269,7 +293,7 @@ fn check_security_groups(
                 id = subnet.id,
                 cidr = subnet.cidr
             ),
-            "run `natron apply` (its security group allows all traffic from the served subnets)",
+            &security_group_fix(inv, group, nat),
         );
     }
     let out = groups.iter().any(|g| {

@@ -5,20 +5,12 @@ use serde_json::{json, Value};
 
 use crate::model::GROUP_TAG;
 
-/// The IAM partition of a region (ARNs differ in China and GovCloud).
-pub fn partition(region: &str) -> &'static str {
-    if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
-    }
-}
-
 /// Exactly what the agent calls (see agent/src/ec2.rs). Reads cannot be
 /// scoped by resource in EC2; every write is limited to resources tagged
-/// with the group, and the only tag the agent may write is its heartbeat.
+/// with the group. The only instance attribute it may set is the
+/// source/destination check, and only to false; the only tag it may write
+/// is its heartbeat. (Scoping those two to the caller's own instance is
+/// not done yet: see docs/provisioner.md, "The agent's IAM policy".)
 pub fn agent_policy(group: &str, partition: &str) -> Value {
     let tagged = json!({ "StringEquals": { format!("ec2:ResourceTag/{GROUP_TAG}"): group } });
     json!({
@@ -39,7 +31,12 @@ pub fn agent_policy(group: &str, partition: &str) -> Value {
                 "Effect": "Allow",
                 "Action": "ec2:ModifyInstanceAttribute",
                 "Resource": format!("arn:{partition}:ec2:*:*:instance/*"),
-                "Condition": tagged
+                "Condition": {
+                    "StringEquals": {
+                        format!("ec2:ResourceTag/{GROUP_TAG}"): group,
+                        "ec2:Attribute/SourceDestCheck": "false"
+                    }
+                }
             },
             {
                 "Sid": "WriteHeartbeatTagOnGroupInstances",
@@ -100,7 +97,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_write_is_scoped_to_the_group() {
+    fn every_write_is_scoped_to_the_group_and_attributes_to_source_dest_check() {
         let policy = agent_policy("g", "aws");
         for statement in policy["Statement"].as_array().unwrap() {
             let actions = statement["Action"].to_string();
@@ -119,6 +116,15 @@ mod tests {
                 assert!(r.as_str().unwrap().starts_with("arn:aws:ec2:"), "{r}");
             }
         }
-        assert_eq!(partition("cn-north-1"), "aws-cn");
+        let attribute = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Action"] == "ec2:ModifyInstanceAttribute")
+            .unwrap();
+        assert_eq!(
+            attribute["Condition"]["StringEquals"]["ec2:Attribute/SourceDestCheck"],
+            "false"
+        );
     }
 }

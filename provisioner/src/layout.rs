@@ -2,13 +2,18 @@
 //! ([`Inventory`]) into a [`Layout`]: every AZ with its public subnet and
 //! the private subnets it serves. Pure; all input errors are collected so
 //! one run reports them all, before anything changes.
+//!
+//! Applies are additive: a subnet the group serves (it has the group's
+//! route table) that a later apply does not name stays served and is
+//! marked `kept`; only `--remove-private` releases one ([`Released`]).
+//! Leaving a subnet out must never cut its way out.
 
 use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::model::{has_tag, Image, Inventory, GROUP_TAG};
+use crate::model::{has_tag, Image, Inventory, GROUP_TAG, SUBNET_TAG};
 
 pub const DEFAULT_INSTANCE_TYPE: &str = "t4g.nano";
 
@@ -57,6 +62,8 @@ pub struct Request {
     pub public_subnets: Vec<String>,
     pub instance_type: String,
     pub elastic_ips: bool,
+    /// Served subnets to stop serving (`--remove-private`).
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,6 +74,22 @@ pub struct Layout {
     pub instance_type: String,
     pub elastic_ips: bool,
     pub zones: Vec<Zone>,
+    /// Subnets the group serves today and stops serving.
+    pub released: Vec<Released>,
+    /// The group's route tables made for subnets that no longer exist:
+    /// deleted.
+    pub stale_tables: Vec<String>,
+}
+
+/// A served subnet to release: it gets its old route table back (or the
+/// main one), natron's table is deleted, then its ingress rule revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Released {
+    pub subnet: String,
+    pub az: String,
+    pub cidr: Ipv4Net,
+    /// natron's route table of the subnet.
+    pub table: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,6 +104,8 @@ pub struct PrivateSubnet {
     /// None until created.
     pub id: Option<String>,
     pub cidr: Ipv4Net,
+    /// Served since an earlier apply and not named by this one.
+    pub kept: bool,
 }
 
 impl PrivateSubnet {
@@ -142,23 +167,29 @@ pub fn validate_group(group: &str) -> Result<(), String> {
     }
 }
 
-/// Checks the request against the VPC and the chosen image.
+/// Checks the request against the VPC and the chosen image. `image` is
+/// the lookup's error when it failed, so that one run still reports every
+/// other problem; `type_architectures` is empty for an unknown type.
 pub fn resolve(
     req: &Request,
     inv: &Inventory,
-    image: Image,
+    image: Result<Image, String>,
     type_architectures: &[String],
 ) -> Result<Layout, Vec<String>> {
     let mut errors = Vec::new();
     if let Err(e) = validate_group(&req.group) {
         errors.push(e);
     }
+    if let Err(e) = &image {
+        errors.push(e.clone());
+    }
     if type_architectures.is_empty() {
         errors.push(format!(
             "instance type {}: unknown in this region",
             req.instance_type
         ));
-    } else if let Some(arch) = &image.architecture {
+    } else if let Some(arch) = image.as_ref().ok().and_then(|i| i.architecture.as_ref()) {
+        let image = image.as_ref().expect("checked above");
         if !type_architectures.contains(arch) {
             errors.push(format!(
                 "image {} ({}) is {arch} but instance type {} runs {}",
@@ -261,6 +292,7 @@ pub fn resolve(
                     PrivateSubnet {
                         id: Some(s.id.clone()),
                         cidr: s.cidr,
+                        kept: false,
                     },
                 )
             }
@@ -289,6 +321,7 @@ pub fn resolve(
                         PrivateSubnet {
                             id: Some(s.id.clone()),
                             cidr: s.cidr,
+                            kept: false,
                         },
                     )
                 } else if let Some(s) = inv.subnets.iter().find(|s| overlaps(&s.cidr, cidr)) {
@@ -303,6 +336,7 @@ pub fn resolve(
                         PrivateSubnet {
                             id: None,
                             cidr: *cidr,
+                            kept: false,
                         },
                     )
                 }
@@ -318,24 +352,108 @@ pub fn resolve(
             )),
         }
     }
-    if req.private.is_empty() {
-        errors.push(
-            "no private subnets to serve: give --private subnet-… or --private AZ=CIDR".into(),
-        );
+    let (released, stale_tables) = keep_or_release(req, inv, &azs, &mut zones, &mut errors);
+    if zones.iter().all(|z| z.private.is_empty()) && errors.is_empty() {
+        errors.push(if released.is_empty() {
+            "no private subnets to serve: give --private subnet-… or --private AZ=CIDR".into()
+        } else {
+            format!(
+                "no private subnet would be left to serve; `natron destroy --vpc {} --group {}` removes the group",
+                inv.vpc_id, req.group
+            )
+        });
     }
 
-    if errors.is_empty() {
-        Ok(Layout {
+    match image {
+        Ok(image) if errors.is_empty() => Ok(Layout {
             vpc_id: inv.vpc_id.clone(),
             group: req.group.clone(),
             image,
             instance_type: req.instance_type.clone(),
             elastic_ips: req.elastic_ips,
             zones,
-        })
-    } else {
-        Err(errors)
+            released,
+            stale_tables,
+        }),
+        _ => Err(errors),
     }
+}
+
+/// The subnets the group serves today (each has the group's route table,
+/// tagged with the subnet) that the request does not name: kept in their
+/// AZ's zone, or released when named by `--remove-private`. Also the
+/// group's tables whose subnet was deleted.
+fn keep_or_release(
+    req: &Request,
+    inv: &Inventory,
+    azs: &[String],
+    zones: &mut [Zone],
+    errors: &mut Vec<String>,
+) -> (Vec<Released>, Vec<String>) {
+    let named: BTreeSet<String> = zones
+        .iter()
+        .flat_map(|z| &z.private)
+        .filter_map(|p| p.id.clone())
+        .collect();
+    let served: Vec<(&str, &str)> = inv
+        .group_route_tables(&req.group)
+        .filter_map(|t| Some((t.tag(SUBNET_TAG)?, t.id.as_str())))
+        .collect();
+    let mut seen = BTreeSet::new();
+    for id in &req.remove {
+        if !seen.insert(id.as_str()) {
+            errors.push(format!("--remove-private {id}: given twice"));
+        } else if named.contains(id) {
+            errors.push(format!(
+                "subnet {id}: named by both --private and --remove-private"
+            ));
+        } else if !served.iter().any(|(s, _)| s == id) {
+            errors.push(format!(
+                "--remove-private {id}: not served by group {} in {} (it has no route table of the group); nothing to remove",
+                req.group, inv.vpc_id
+            ));
+        }
+    }
+    let (mut released, mut stale) = (Vec::new(), Vec::new());
+    for (subnet_id, table) in served {
+        if named.contains(subnet_id) {
+            continue;
+        }
+        // A subnet deleted under natron's table: nothing left to serve.
+        let Some(subnet) = inv.subnet(subnet_id) else {
+            stale.push(table.to_string());
+            continue;
+        };
+        if req.remove.iter().any(|r| r == subnet_id) {
+            released.push(Released {
+                subnet: subnet.id.clone(),
+                az: subnet.az.clone(),
+                cidr: subnet.cidr,
+                table: table.to_string(),
+            });
+            continue;
+        }
+        match zones.iter_mut().find(|z| z.az == subnet.az) {
+            Some(z) => z.private.push(PrivateSubnet {
+                id: Some(subnet.id.clone()),
+                cidr: subnet.cidr,
+                kept: true,
+            }),
+            // An AZ left out for a reason already reported.
+            None if azs.contains(&subnet.az) => {}
+            None => errors.push(format!(
+                "subnet {} ({}) is served by group {} since an earlier apply, but {} is not among this apply's AZs ({}); add --az {}, or --remove-private {} to stop serving it",
+                subnet.id,
+                subnet.az,
+                req.group,
+                subnet.az,
+                azs.join(", "),
+                subnet.az,
+                subnet.id
+            )),
+        }
+    }
+    (released, stale)
 }
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -424,16 +542,17 @@ pub(crate) mod tests {
             public_subnets: vec![],
             instance_type: DEFAULT_INSTANCE_TYPE.into(),
             elastic_ips: false,
+            remove: vec![],
         }
     }
 
     fn resolve_err(req: &Request) -> Vec<String> {
-        resolve(req, &vpc(), image(), &["arm64".into()]).unwrap_err()
+        resolve(req, &vpc(), Ok(image()), &["arm64".into()]).unwrap_err()
     }
 
     #[test]
     fn defaults_pick_every_az_with_a_public_subnet() {
-        let l = resolve(&request(), &vpc(), image(), &["arm64".into()]).unwrap();
+        let l = resolve(&request(), &vpc(), Ok(image()), &["arm64".into()]).unwrap();
         let azs: Vec<_> = l
             .zones
             .iter()
@@ -472,11 +591,124 @@ pub(crate) mod tests {
     fn architecture_mismatch_and_group_names_are_errors() {
         let mut req = request();
         req.group = "Bad_Name".into();
-        let errors = resolve(&req, &vpc(), image(), &["x86_64".into()])
+        let errors = resolve(&req, &vpc(), Ok(image()), &["x86_64".into()])
             .unwrap_err()
             .join("\n");
         assert!(errors.contains("is arm64 but instance type t4g.nano runs x86_64"));
         assert!(errors.contains("group \"Bad_Name\""));
+    }
+
+    /// The fixture VPC where an earlier apply also serves subnet-xb (az-b).
+    fn served_vpc() -> Inventory {
+        let mut inv = vpc();
+        inv.subnets.push(Subnet {
+            id: "subnet-xb".into(),
+            az: "az-b".into(),
+            cidr: "10.0.12.0/24".parse().unwrap(),
+            tags: Default::default(),
+        });
+        inv.route_tables.push(RouteTable {
+            id: "rtb-nb".into(),
+            associations: vec![Association {
+                id: "rtbassoc-nb".into(),
+                subnet_id: Some("subnet-xb".into()),
+            }],
+            tags: [
+                (GROUP_TAG, "g"),
+                (SUBNET_TAG, "subnet-xb"),
+                ("natron:az", "az-b"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Default::default()
+        });
+        inv
+    }
+
+    #[test]
+    fn a_served_subnet_left_out_is_kept() {
+        let l = resolve(&request(), &served_vpc(), Ok(image()), &["arm64".into()]).unwrap();
+        let b = &l.zones[1];
+        assert_eq!(b.az, "az-b");
+        let kept: Vec<_> = b
+            .private
+            .iter()
+            .map(|p| (p.id.as_deref(), p.kept))
+            .collect();
+        assert_eq!(kept, [(None, false), (Some("subnet-xb"), true)]);
+        assert!(l.released.is_empty());
+    }
+
+    #[test]
+    fn remove_private_releases_a_served_subnet() {
+        let mut req = request();
+        req.remove = vec!["subnet-xb".into()];
+        let l = resolve(&req, &served_vpc(), Ok(image()), &["arm64".into()]).unwrap();
+        assert!(l.zones.iter().flat_map(|z| &z.private).all(|p| !p.kept));
+        assert_eq!(
+            l.released,
+            [Released {
+                subnet: "subnet-xb".into(),
+                az: "az-b".into(),
+                cidr: "10.0.12.0/24".parse().unwrap(),
+                table: "rtb-nb".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn the_table_of_a_deleted_subnet_is_stale() {
+        let mut inv = served_vpc();
+        inv.subnets.retain(|s| s.id != "subnet-xb");
+        let l = resolve(&request(), &inv, Ok(image()), &["arm64".into()]).unwrap();
+        assert_eq!(l.stale_tables, ["rtb-nb"]);
+        assert!(l.zones.iter().flat_map(|z| &z.private).all(|p| !p.kept));
+    }
+
+    #[test]
+    fn partial_apply_mistakes_are_named() {
+        let mut req = request();
+        req.remove = vec!["subnet-xa".into(), "subnet-pa".into()];
+        req.azs = vec!["az-a".into()];
+        req.private = vec!["subnet-xa".parse().unwrap()];
+        let errors = resolve(&req, &served_vpc(), Ok(image()), &["arm64".into()])
+            .unwrap_err()
+            .join("\n");
+        for needle in [
+            "subnet subnet-xa: named by both --private and --remove-private",
+            "--remove-private subnet-pa: not served by group g in vpc-1",
+            "subnet subnet-xb (az-b) is served by group g since an earlier apply, but az-b is not among this apply's AZs (az-a); add --az az-b, or --remove-private subnet-xb",
+        ] {
+            assert!(errors.contains(needle), "{needle:?} missing in:\n{errors}");
+        }
+        // Releasing the last served subnet is a destroy.
+        let mut req = request();
+        req.private = vec![];
+        req.remove = vec!["subnet-xb".into()];
+        let errors = resolve(&req, &served_vpc(), Ok(image()), &["arm64".into()])
+            .unwrap_err()
+            .join("\n");
+        assert!(
+            errors.contains("no private subnet would be left"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn a_failed_image_lookup_hides_no_other_problem() {
+        let mut req = request();
+        req.private.push("subnet-nope".parse().unwrap());
+        let errors = resolve(&req, &vpc(), Err("image natron-*: none found".into()), &[])
+            .unwrap_err()
+            .join("\n");
+        for needle in [
+            "image natron-*: none found",
+            "instance type t4g.nano: unknown in this region",
+            "subnet-nope: not found",
+        ] {
+            assert!(errors.contains(needle), "{needle:?} missing in:\n{errors}");
+        }
     }
 
     #[test]

@@ -13,4 +13,6 @@ pub mod layout;
 pub mod model;
 pub mod plan;
 pub mod publish;
+pub mod regions;
+pub mod report;
 pub mod status;

@@ -126,6 +126,7 @@ pub struct Permission {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Peer {
     Cidr(Ipv4Net),
     /// A security group: known, or the one an earlier action creates.
@@ -133,11 +134,26 @@ pub enum Peer {
 }
 
 /// An id known now, or the key of a resource an earlier action creates
-/// (the runner puts in its id once it exists).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// (the runner puts in its id once it exists). In JSON: the id as a
+/// string, or `{"new": key}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Ref {
     Id(String),
     New(String),
+}
+
+impl Serialize for Ref {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Ref::Id(id) => s.serialize_str(id),
+            Ref::New(key) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("new", key)?;
+                m.end()
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Ref {

@@ -56,3 +56,42 @@ fn region_is_required_for_cloud_commands() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no AWS region"), "{err}");
 }
+
+#[test]
+fn cost_needs_at_least_one_az() {
+    let (code, _, err) = natron(&["cost", "--gb-per-month", "1", "--azs", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--azs"), "{err}");
+}
+
+#[test]
+fn a_closed_or_full_stdout_is_an_error_not_a_panic() {
+    let out = Command::new(env!("CARGO_BIN_EXE_natron"))
+        .args(["cost", "--gb-per-month", "1000"])
+        .env_clear()
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("could not write the output"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn an_unknown_region_is_bad_input_before_any_call() {
+    let (code, _, err) = natron(&[
+        "status",
+        "--vpc",
+        "vpc-1",
+        "--group",
+        "g",
+        "--region",
+        "xx-nowhere-9",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("region \"xx-nowhere-9\": not an AWS region"),
+        "{err}"
+    );
+}

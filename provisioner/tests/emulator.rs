@@ -3,361 +3,15 @@
 //! input, and an interrupted apply. The NAT agents' part (claiming routes,
 //! disabling the source/dest check) is played by a task of the test.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Filter;
+use common::*;
 use natron::apply::Runner;
 use natron::cloud::{Aws, Cloud};
 use natron_lab::emulator::Loopback;
-
-const AZ_A: &str = "us-east-1a";
-const AZ_B: &str = "us-east-1b";
-
-struct Vpc {
-    id: String,
-    igw: String,
-    public_rt: String,
-    /// A private subnet in use, with its own (untagged) route table.
-    old_subnet: String,
-    old_rt: String,
-    decoy_sg: String,
-    decoy_subnet: String,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-async fn natron(emu: &Loopback, args: &[&str]) -> Out {
-    let home = std::env::temp_dir().join(format!("natron-home-{}", std::process::id()));
-    std::fs::create_dir_all(&home).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_natron"))
-        .args(args)
-        .env_clear()
-        .env("HOME", &home)
-        .envs(emu.env())
-        .output()
-        .await
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
-fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
-}
-
-/// A VPC as a user has it before natron: public subnets in two AZs behind
-/// an internet gateway, a private subnet in use with its own route table,
-/// and unrelated resources that must survive everything.
-async fn vpc(ec2: &aws_sdk_ec2::Client) -> Vpc {
-    let id = ec2
-        .create_vpc()
-        .cidr_block("10.0.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_string();
-    let igw = ec2
-        .create_internet_gateway()
-        .send()
-        .await
-        .unwrap()
-        .internet_gateway()
-        .unwrap()
-        .internet_gateway_id()
-        .unwrap()
-        .to_string();
-    ec2.attach_internet_gateway()
-        .internet_gateway_id(&igw)
-        .vpc_id(&id)
-        .send()
-        .await
-        .unwrap();
-    let subnet = |az: &'static str, cidr: &'static str| {
-        let id = id.clone();
-        async move {
-            ec2.create_subnet()
-                .vpc_id(id)
-                .availability_zone(az)
-                .cidr_block(cidr)
-                .send()
-                .await
-                .unwrap()
-                .subnet()
-                .unwrap()
-                .subnet_id()
-                .unwrap()
-                .to_string()
-        }
-    };
-    let table = || async {
-        ec2.create_route_table()
-            .vpc_id(&id)
-            .send()
-            .await
-            .unwrap()
-            .route_table()
-            .unwrap()
-            .route_table_id()
-            .unwrap()
-            .to_string()
-    };
-    let public_rt = table().await;
-    ec2.create_route()
-        .route_table_id(&public_rt)
-        .destination_cidr_block("0.0.0.0/0")
-        .gateway_id(&igw)
-        .send()
-        .await
-        .unwrap();
-    for (az, cidr) in [(AZ_A, "10.0.0.0/24"), (AZ_B, "10.0.1.0/24")] {
-        let s = subnet(az, cidr).await;
-        // AWS gives the NATs a public address through the launch
-        // template; the emulator only through the subnet's setting.
-        ec2.modify_subnet_attribute()
-            .subnet_id(&s)
-            .map_public_ip_on_launch(
-                aws_sdk_ec2::types::AttributeBooleanValue::builder()
-                    .value(true)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        ec2.associate_route_table()
-            .route_table_id(&public_rt)
-            .subnet_id(&s)
-            .send()
-            .await
-            .unwrap();
-    }
-    let old_subnet = subnet(AZ_A, "10.0.10.0/24").await;
-    let old_rt = table().await;
-    ec2.associate_route_table()
-        .route_table_id(&old_rt)
-        .subnet_id(&old_subnet)
-        .send()
-        .await
-        .unwrap();
-    let decoy_subnet = subnet(AZ_B, "10.0.20.0/24").await;
-    let decoy_sg = ec2
-        .create_security_group()
-        .group_name("natron-decoy")
-        .description("not natron's")
-        .vpc_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
-    ec2.register_image()
-        .name("natron-test-1")
-        .architecture(aws_sdk_ec2::types::ArchitectureValues::Arm64)
-        .root_device_name("/dev/xvda")
-        .send()
-        .await
-        .unwrap();
-    Vpc {
-        id,
-        igw,
-        public_rt,
-        old_subnet,
-        old_rt,
-        decoy_sg,
-        decoy_subnet,
-    }
-}
-
-/// Plays the agents: each group route table without a default route gets
-/// one to the running NAT of its AZ, whose source/dest check goes off.
-fn fake_agents(ec2: aws_sdk_ec2::Client, group: &'static str) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let tables = ec2
-                .describe_route_tables()
-                .filters(filter("tag:natron:group", group))
-                .send()
-                .await
-                .unwrap();
-            for t in tables.route_tables() {
-                let has_default = t
-                    .routes()
-                    .iter()
-                    .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0"));
-                let az = t
-                    .tags()
-                    .iter()
-                    .find(|x| x.key() == Some("natron:az"))
-                    .and_then(|x| x.value());
-                let (false, Some(az)) = (has_default, az) else {
-                    continue;
-                };
-                let nat = ec2
-                    .describe_instances()
-                    .filters(filter("tag:natron:group", group))
-                    .filters(filter("tag:natron:az", az))
-                    .filters(filter("instance-state-name", "running"))
-                    .send()
-                    .await
-                    .unwrap();
-                let Some(nat) = nat
-                    .reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .find_map(|i| i.instance_id())
-                else {
-                    continue;
-                };
-                ec2.modify_instance_attribute()
-                    .instance_id(nat)
-                    .source_dest_check(
-                        aws_sdk_ec2::types::AttributeBooleanValue::builder()
-                            .value(false)
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .unwrap();
-                ec2.create_route()
-                    .route_table_id(t.route_table_id().unwrap())
-                    .destination_cidr_block("0.0.0.0/0")
-                    .instance_id(nat)
-                    .send()
-                    .await
-                    .unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
-
-/// Ids of everything in the account tagged natron:group=`group` that
-/// still exists (terminated instances excluded), by kind.
-async fn tagged(emu: &Loopback, vpc: &str, group: &str) -> Vec<String> {
-    let cloud = Aws::new(&emu.sdk_config().await);
-    let inv = cloud.inventory(vpc, group).await.unwrap();
-    natron::plan::destroy(&inv, group)
-        .actions
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
-/// A summary of the VPC that bad input must leave exactly as it was.
-async fn snapshot(ec2: &aws_sdk_ec2::Client, emu: &Loopback) -> Vec<String> {
-    let mut out = BTreeSet::new();
-    for s in ec2.describe_subnets().send().await.unwrap().subnets() {
-        out.insert(format!("subnet {}", s.subnet_id().unwrap()));
-    }
-    for t in ec2
-        .describe_route_tables()
-        .send()
-        .await
-        .unwrap()
-        .route_tables()
-    {
-        out.insert(format!(
-            "{:?}",
-            t.associations()
-                .iter()
-                .map(|a| a.subnet_id())
-                .collect::<Vec<_>>()
-        ));
-        out.insert(format!(
-            "rtb {} {:?}",
-            t.route_table_id().unwrap(),
-            t.routes().len()
-        ));
-    }
-    for g in ec2
-        .describe_security_groups()
-        .send()
-        .await
-        .unwrap()
-        .security_groups()
-    {
-        out.insert(format!(
-            "sg {} {}",
-            g.group_id().unwrap(),
-            g.ip_permissions().len()
-        ));
-    }
-    for t in ec2
-        .describe_launch_templates()
-        .send()
-        .await
-        .unwrap()
-        .launch_templates()
-    {
-        out.insert(format!("lt {}", t.launch_template_id().unwrap()));
-    }
-    let iam = aws_sdk_iam::Client::new(&emu.sdk_config().await);
-    for r in iam.list_roles().send().await.unwrap().roles() {
-        out.insert(format!("role {}", r.role_name()));
-    }
-    let asg = aws_sdk_autoscaling::Client::new(&emu.sdk_config().await);
-    for g in asg
-        .describe_auto_scaling_groups()
-        .send()
-        .await
-        .unwrap()
-        .auto_scaling_groups()
-    {
-        out.insert(format!("asg {}", g.auto_scaling_group_name().unwrap()));
-    }
-    out.into_iter().collect()
-}
-
-/// The group's route table made for `subnet`.
-async fn table_for(ec2: &aws_sdk_ec2::Client, subnet: &str) -> aws_sdk_ec2::types::RouteTable {
-    ec2.describe_route_tables()
-        .filters(filter("tag:natron:subnet", subnet))
-        .send()
-        .await
-        .unwrap()
-        .route_tables()[0]
-        .clone()
-}
-
-fn instance_of(table: &aws_sdk_ec2::types::RouteTable) -> String {
-    table
-        .routes()
-        .iter()
-        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
-        .and_then(|r| r.instance_id())
-        .unwrap()
-        .to_string()
-}
-
-async fn expect_check(emu: &Loopback, v: &Vpc, code: i32, needle: &str) {
-    let out = natron(emu, &["check", "--vpc", &v.id, "--group", "g1"]).await;
-    assert_eq!(out.code, code, "check after a breakage ({needle}):\n{out}");
-    assert!(out.stdout.contains(needle), "{needle:?} missing:\n{out}");
-    assert!(out.stdout.contains("fix: "), "{out}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_check_break_destroy() {
@@ -492,9 +146,19 @@ async fn apply_check_break_destroy() {
     }
     assert_eq!(status["unserved"].as_array().unwrap().len(), 0);
 
-    // Check passes. (The emulator ignores the launch template's network
-    // interface settings and puts instances in the VPC's default group;
-    // AWS puts them in natron's, as the test does here.)
+    // The emulator ignores the launch template's network interface
+    // settings and puts instances in the VPC's default group: check says
+    // how to attach natron's group (apply does not change instances).
+    let out = natron(&emu, &["check", "--vpc", &v.id, "--group", "g1"]).await;
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stdout.contains(&format!(
+            "is not in natron's security group natron-g1 ({}): attach it (`aws ec2 modify-instance-attribute --instance-id",
+            sg.id
+        )),
+        "{out}"
+    );
+    // Check passes once they are in natron's, as AWS launches them.
     for nat in &inv.instances {
         ec2.modify_instance_attribute()
             .instance_id(&nat.id)
@@ -662,7 +326,7 @@ async fn apply_check_break_destroy() {
     assert_eq!(out.code, 0, "repaired:\n{out}");
 
     // Destroy: nothing tagged is left; untagged resources are as they were.
-    let out = natron(&emu, &["destroy", "--vpc", &v.id, "--group", "g1"]).await;
+    let out = natron(&emu, &["destroy", "--vpc", &v.id, "--group", "g1", "--yes"]).await;
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(tagged(&emu, &v.id, "g1").await, Vec::<String>::new());
     let inv = cloud.inventory(&v.id, "g1").await.unwrap();
@@ -684,7 +348,7 @@ async fn apply_check_break_destroy() {
             .unwrap()
             .id
     ));
-    let out = natron(&emu, &["destroy", "--vpc", &v.id, "--group", "g1"]).await;
+    let out = natron(&emu, &["destroy", "--vpc", &v.id, "--group", "g1", "--yes"]).await;
     assert_eq!(out.code, 0, "destroy again:\n{out}");
     assert!(out.stdout.contains("nothing to change"), "{out}");
 }
@@ -732,22 +396,112 @@ async fn bad_input_fails_before_any_change() {
             "ami-00000000",
         ),
     ];
-    for (args, needle) in cases {
+    // Each problem named, and all of them at once: a failed image lookup
+    // hides none of the others.
+    let mut cases: Vec<(Vec<&str>, Vec<&str>)> = cases
+        .into_iter()
+        .map(|(args, needle)| (args, vec![needle]))
+        .collect();
+    cases.extend([
+        (
+            vec![
+                "--vpc",
+                &v.id,
+                "--private",
+                &v.old_subnet,
+                "--region",
+                "xx-nowhere-9",
+            ],
+            vec!["region \"xx-nowhere-9\": not an AWS region"],
+        ),
+        (
+            vec![
+                "--vpc",
+                &v.id,
+                "--private",
+                &v.old_subnet,
+                "--instance-type",
+                "x9.tiny",
+            ],
+            vec!["instance type x9.tiny: unknown in this region"],
+        ),
+        (
+            vec![
+                "--vpc",
+                &v.id,
+                "--private",
+                "subnet-0123456789abcdef0",
+                "--instance-type",
+                "x9.tiny",
+                "--ami-name",
+                "nothing-like-this-*",
+            ],
+            vec![
+                "instance type x9.tiny: unknown in this region",
+                "image: ",
+                "nothing-like-this-*",
+                "private subnet subnet-0123456789abcdef0: not found",
+            ],
+        ),
+        (
+            vec![
+                "--vpc",
+                &v.id,
+                "--private",
+                &v.old_subnet,
+                "--remove-private",
+                &v.decoy_subnet,
+            ],
+            vec!["not served by group g1"],
+        ),
+    ]);
+    for (args, needles) in cases {
         let mut full = vec!["apply", "--group", "g1"];
         full.extend(args);
         let out = natron(&emu, &full).await;
         assert_eq!(out.code, 2, "{full:?}:\n{out}");
-        assert!(
-            out.stderr.contains(needle),
-            "{needle:?} missing for {full:?}:\n{out}"
-        );
+        for needle in needles {
+            assert!(
+                out.stderr.contains(needle),
+                "{needle:?} missing for {full:?}:\n{out}"
+            );
+        }
         assert!(out.stderr.contains("nothing was changed"), "{out}");
+        if full.contains(&"x9.tiny") && !full.contains(&"--ami-name") {
+            // The image exists: a bad type is not reported as a missing image.
+            assert!(!out.stderr.contains("image"), "{out}");
+        }
         assert_eq!(
             snapshot(&ec2, &emu).await,
             before,
             "{full:?} changed something"
         );
     }
+    // Contradictory flags are usage errors (exit 2) naming both flags.
+    for (args, flags) in [
+        (
+            vec!["apply", "--ami", "ami-1", "--ami-name", "x-*"],
+            ["--ami", "--ami-name"],
+        ),
+        (
+            vec!["apply", "--no-wait", "--wait-timeout", "1m"],
+            ["--no-wait", "--wait-timeout"],
+        ),
+        (
+            vec!["plan", "--destroy", "--private", "subnet-1"],
+            ["--destroy", "--private"],
+        ),
+    ] {
+        let mut full = args.clone();
+        full.extend(["--vpc", &v.id, "--group", "g1"]);
+        let out = natron(&emu, &full).await;
+        assert_eq!(out.code, 2, "{full:?}:\n{out}");
+        assert!(out.stderr.contains("cannot be used with"), "{out}");
+        for flag in flags {
+            assert!(out.stderr.contains(flag), "{flag} missing:\n{out}");
+        }
+    }
+    assert_eq!(snapshot(&ec2, &emu).await, before);
     // A resource with the group's name but not its tag is never adopted.
     ec2.create_security_group()
         .group_name("natron-g2")
@@ -795,6 +549,7 @@ async fn interrupted_apply_resumes_cleanly() {
         public_subnets: vec![],
         instance_type: "t4g.nano".into(),
         elastic_ips: false,
+        remove: vec![],
     };
     let plan = |cloud: Aws| {
         let request = request.clone();
@@ -811,10 +566,11 @@ async fn interrupted_apply_resumes_cleanly() {
                 })
                 .await
                 .unwrap();
-            let layout = natron::layout::resolve(&request, &inv, image, &["arm64".into()]).unwrap();
+            let layout =
+                natron::layout::resolve(&request, &inv, Ok(image), &["arm64".into()]).unwrap();
             (
                 layout.clone(),
-                natron::plan::plan(&layout, &inv, "us-east-1", 9100).unwrap(),
+                natron::plan::plan(&layout, &inv, "aws", 9100).unwrap(),
             )
         }
     };
@@ -834,7 +590,7 @@ async fn interrupted_apply_resumes_cleanly() {
         .run(&full, &mut stop)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("interrupted after 7"), "{err}");
+    assert!(err.to_string().contains("stopped after 7 of"), "{err}");
 
     // The next plan carries on with exactly the rest.
     let (_, rest) = plan(Aws::new(&emu.sdk_config().await)).await;
@@ -917,8 +673,8 @@ async fn image_publish_uploads_the_non_zero_blocks_and_registers() {
     )
     .await;
     assert_eq!(out.code, 0, "{out}");
-    let json_start = out.stdout.find("{\n").unwrap();
-    let published: serde_json::Value = serde_json::from_str(&out.stdout[json_start..]).unwrap();
+    // stdout is one JSON document; progress goes to stderr.
+    let published: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(published["blocks_uploaded"], 4, "{published}");
     assert_eq!(published["blocks_total"], 8);
     assert_eq!(published["register"]["boot_mode"], "uefi-preferred");
@@ -981,6 +737,6 @@ async fn image_publish_uploads_the_non_zero_blocks_and_registers() {
         "{ids:?}"
     );
     assert_eq!(published["copies"][0][0], "us-west-2");
-    assert!(out.stdout.contains("is public"), "{out}");
+    assert!(out.stderr.contains("is public"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

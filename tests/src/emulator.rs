@@ -31,6 +31,20 @@ pub fn moto_server_path() -> Result<PathBuf, LabError> {
     }
 }
 
+/// Another tool of the emulator's venv (`cfn-lint`, `parliament`), next
+/// to moto_server.
+pub fn venv_tool(name: &str) -> Result<PathBuf, LabError> {
+    let path = moto_server_path()?.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(LabError::Setup(format!(
+            "{}: not found; run `cargo xtask setup` (tests/moto-requirements.txt pins it)",
+            path.display()
+        )))
+    }
+}
+
 /// Starts moto in `ns`, listening on all of that namespace's addresses.
 pub fn start(ns: &str, log: &std::path::Path) -> Result<Child, LabError> {
     let program = moto_server_path()?;

@@ -28,14 +28,18 @@ pub enum Event<'a> {
     },
     /// A change seen while waiting.
     Progress(String),
+    /// Between two polls of a wait: a chance to stop it.
+    Poll,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("{0}")]
     Cloud(#[from] CloudError),
-    #[error("interrupted after {done} of {total} actions; run it again to carry on")]
+    #[error("stopped after {done} of {total} actions; run it again to carry on")]
     Interrupted { done: usize, total: usize },
+    #[error("stopped while waiting for the NATs, with {pending} association(s) of subnets in use not made yet; every action before is in place; run it again to carry on")]
+    StoppedWaiting { pending: usize },
     #[error("gave up waiting after {waited:?}:\n{}", .missing.join("\n"))]
     Timeout {
         waited: Duration,
@@ -168,12 +172,13 @@ impl<'a> Runner<'a> {
     /// Waits until every route table of the group has its default route on
     /// a running NAT of its own AZ, giving each AZ's NAT its Elastic IP and
     /// making the pending associations as their tables become served.
+    /// Returns each table with the NAT serving it.
     pub async fn wait(
         &mut self,
         mut pending: Vec<Action>,
         wait: &Wait,
         on: &mut dyn FnMut(Event) -> ControlFlow<()>,
-    ) -> Result<(), RunError> {
+    ) -> Result<BTreeMap<String, String>, RunError> {
         let start = Instant::now();
         let mut said: Vec<String> = Vec::new();
         loop {
@@ -183,6 +188,7 @@ impl<'a> Runner<'a> {
             }
             let served = served_tables(&inv, self.group);
             let mut still = Vec::new();
+            let (count, mut made) = (pending.len(), 0);
             for a in pending {
                 let table = match &a {
                     Action::AssociateRouteTable {
@@ -198,9 +204,12 @@ impl<'a> Runner<'a> {
                     })
                     .is_break()
                     {
-                        return Err(RunError::Interrupted { done: 0, total: 0 });
+                        return Err(RunError::StoppedWaiting {
+                            pending: count - made,
+                        });
                     }
                     self.cloud.execute(&a, self.vpc_id, self.group).await?;
+                    made += 1;
                 } else {
                     still.push(a);
                 }
@@ -215,12 +224,17 @@ impl<'a> Runner<'a> {
                 }
             }
             if missing.is_empty() && pending.is_empty() {
-                return Ok(());
+                return Ok(served);
             }
             if start.elapsed() >= wait.timeout {
                 return Err(RunError::Timeout {
                     waited: start.elapsed(),
                     missing,
+                });
+            }
+            if on(Event::Poll).is_break() {
+                return Err(RunError::StoppedWaiting {
+                    pending: pending.len(),
                 });
             }
             tokio::time::sleep(wait.poll).await;

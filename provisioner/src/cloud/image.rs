@@ -28,7 +28,11 @@ impl Aws {
             .images()
             .iter()
             .filter(|i| match (choice, i.architecture()) {
-                (ImageChoice::Newest { architectures, .. }, Some(a)) => {
+                // No architectures (an unknown instance type, reported on
+                // its own): any image, so its lookup is checked too.
+                (ImageChoice::Newest { architectures, .. }, Some(a))
+                    if !architectures.is_empty() =>
+                {
                     architectures.iter().any(|x| x == a.as_str())
                 }
                 _ => true,

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use ipnet::Ipv4Net;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::{Peer, Permission, Ref};
@@ -12,7 +13,7 @@ pub const SG_KEY: &str = "security group";
 pub const TEMPLATE_KEY: &str = "launch template";
 
 /// The launch template as planned (its security group may be new).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedLaunch {
     pub image_id: String,
     pub instance_type: String,
@@ -21,7 +22,10 @@ pub struct PlannedLaunch {
     pub user_data: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized (`--output json`) as `{"action": "create_subnet", …fields}`;
+/// the field names are part of the documented schema (docs/provisioner.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     CreateSubnet {
         key: String,
@@ -151,6 +155,40 @@ pub enum Action {
     DeleteSubnet {
         id: String,
     },
+}
+
+impl Action {
+    /// The kind of resource the action creates, changes or deletes.
+    pub fn resource(&self) -> &'static str {
+        use Action::*;
+        match self {
+            CreateSubnet { .. } | DeleteSubnet { .. } => "subnet",
+            CreateSecurityGroup { .. }
+            | AuthorizeIngress { .. }
+            | RevokeIngress { .. }
+            | AuthorizeEgress { .. }
+            | DeleteSecurityGroup { .. } => "security_group",
+            CreateRole { .. } | DeleteRole { .. } => "iam_role",
+            PutRolePolicy { .. } | DeleteRolePolicy { .. } => "iam_role_policy",
+            CreateInstanceProfile { .. }
+            | AddRoleToInstanceProfile { .. }
+            | RemoveRoleFromInstanceProfile { .. }
+            | DeleteInstanceProfile { .. } => "instance_profile",
+            CreateLaunchTemplate { .. }
+            | CreateLaunchTemplateVersion { .. }
+            | DeleteLaunchTemplate { .. } => "launch_template",
+            AllocateAddress { .. } | ReleaseAddress { .. } => "elastic_ip",
+            CreateRouteTable { .. } | DeleteRouteTable { .. } => "route_table",
+            AssociateRouteTable { .. } | RestoreAssociation { .. } | Disassociate { .. } => {
+                "route_table_association"
+            }
+            CreateAutoScalingGroup { .. }
+            | UpdateAutoScalingGroup { .. }
+            | DeleteAutoScalingGroup { .. } => "auto_scaling_group",
+            PutLifecycleHook { .. } => "lifecycle_hook",
+            WaitInstancesTerminated { .. } => "instance",
+        }
+    }
 }
 
 impl fmt::Display for Action {

@@ -2,7 +2,7 @@
 //! order that keeps subnets served until the end.
 
 use super::{Action, Plan};
-use crate::model::{has_tag, Inventory, GROUP_TAG, PREVIOUS_TAG};
+use crate::model::{has_tag, Inventory, RouteTable, GROUP_TAG, PREVIOUS_TAG};
 
 /// Everything tagged with the group, removed in dependency order. Untagged
 /// resources are not in the list, whatever their names.
@@ -13,23 +13,7 @@ pub fn destroy(inv: &Inventory, group: &str) -> Plan {
     // Subnets in use go back to their old table first, while the NATs
     // still run, so they never lose their way out to a deleted table.
     for t in &tables {
-        for x in &t.associations {
-            let Some(subnet) = &x.subnet_id else { continue };
-            match t
-                .tag(PREVIOUS_TAG)
-                .filter(|prev| inv.route_table(prev).is_some())
-            {
-                Some(prev) => a.push(Action::RestoreAssociation {
-                    association: x.id.clone(),
-                    subnet: subnet.clone(),
-                    to: prev.to_string(),
-                }),
-                None => a.push(Action::Disassociate {
-                    association: x.id.clone(),
-                    subnet: subnet.clone(),
-                }),
-            }
-        }
+        a.extend(give_back(inv, t));
     }
     for g in inv
         .auto_scaling_groups
@@ -112,4 +96,34 @@ pub fn destroy(inv: &Inventory, group: &str) -> Plan {
         a.push(Action::DeleteSubnet { id: s.id.clone() });
     }
     p
+}
+
+/// Gives each subnet on one of natron's tables its old table back (the
+/// one it had before natron, when that still exists) or the main table.
+/// Used by `destroy` and by an apply that releases a subnet, so both
+/// release it the same way.
+pub(super) fn give_back(inv: &Inventory, table: &RouteTable) -> Vec<Action> {
+    table
+        .associations
+        .iter()
+        .filter_map(|x| {
+            let subnet = x.subnet_id.clone()?;
+            Some(
+                match table
+                    .tag(PREVIOUS_TAG)
+                    .filter(|prev| inv.route_table(prev).is_some())
+                {
+                    Some(prev) => Action::RestoreAssociation {
+                        association: x.id.clone(),
+                        subnet,
+                        to: prev.to_string(),
+                    },
+                    None => Action::Disassociate {
+                        association: x.id.clone(),
+                        subnet,
+                    },
+                },
+            )
+        })
+        .collect()
 }

@@ -63,7 +63,7 @@ pub fn desired_ingress(layout: &Layout, sg: &Ref, health_port: u16) -> BTreeSet<
 pub fn plan(
     layout: &Layout,
     inv: &Inventory,
-    region: &str,
+    partition: &str,
     health_port: u16,
 ) -> Result<Plan, Conflicts> {
     let group = &layout.group;
@@ -113,12 +113,15 @@ pub fn plan(
             rules: add,
         });
     }
-    if let (false, Ref::Id(id)) = (remove.is_empty(), &sg_ref) {
-        a.push(Action::RevokeIngress {
+    // Revoked last, after any released subnet has its old table back:
+    // traffic never meets a NAT that refuses it.
+    let revoke = match (remove.is_empty(), &sg_ref) {
+        (false, Ref::Id(id)) => Some(Action::RevokeIngress {
             group: id.clone(),
             rules: remove,
-        });
-    }
+        }),
+        _ => None,
+    };
     let anywhere = Permission {
         protocol: "-1".into(),
         from_port: None,
@@ -134,7 +137,7 @@ pub fn plan(
 
     // IAM.
     let role_name = Names::role(group);
-    let policy = documents::agent_policy(group, documents::partition(region));
+    let policy = documents::agent_policy(group, partition);
     match adopt(
         inv.role.as_ref(),
         |r| (&r.tags, None),
@@ -372,6 +375,44 @@ pub fn plan(
         }
     }
     a.extend(late);
+
+    // Subnets served before and kept, or released, said in words.
+    for s in layout
+        .zones
+        .iter()
+        .flat_map(|z| &z.private)
+        .filter(|s| s.kept)
+    {
+        p.notes.push(format!(
+            "{} ({}) stays served: an earlier apply added it and this one does not name it; `--remove-private {}` stops serving it",
+            s.key(),
+            s.cidr,
+            s.key()
+        ));
+    }
+    for r in &layout.released {
+        if let Some(table) = inv.route_table(&r.table) {
+            p.actions.extend(destroy::give_back(inv, table));
+        }
+        p.actions.push(Action::DeleteRouteTable {
+            id: r.table.clone(),
+        });
+        p.notes.push(format!(
+            "{} ({}, {}) stops being served: it gets back the route table it had before natron (or the main one), then natron's table {} is deleted and its rule in the NATs' security group revoked",
+            r.subnet, r.cidr, r.az, r.table
+        ));
+    }
+    for table in &layout.stale_tables {
+        p.actions
+            .push(Action::DeleteRouteTable { id: table.clone() });
+        p.notes.push(format!(
+            "route table {table} was made for {}, which no longer exists: deleted",
+            inv.route_table(table)
+                .and_then(|t| t.tag(SUBNET_TAG))
+                .unwrap_or("a subnet")
+        ));
+    }
+    p.actions.extend(revoke);
 
     if conflicts.is_empty() {
         Ok(p)

@@ -8,7 +8,7 @@ fn layout() -> Layout {
     layout::resolve(
         &fixtures::request(),
         &fixtures::vpc(),
-        fixtures::image(),
+        Ok(fixtures::image()),
         &["arm64".into()],
     )
     .unwrap()
@@ -36,7 +36,7 @@ fn group_tags(extra: &[(&str, &str)]) -> Tags {
 
 #[test]
 fn a_fresh_vpc_gets_everything_in_dependency_order() {
-    let p = plan(&layout(), &fixtures::vpc(), "us-east-1", 9100).unwrap();
+    let p = plan(&layout(), &fixtures::vpc(), "aws", 9100).unwrap();
     assert_eq!(
         kinds(&p),
         [
@@ -101,16 +101,118 @@ fn only_the_difference_is_planned() {
         ],
         egress: vec![],
     });
-    let p = plan(&layout(), &inv, "us-east-1", 9100).unwrap();
-    let sg: Vec<String> = p.actions[1..4].iter().map(ToString::to_string).collect();
+    let p = plan(&layout(), &inv, "aws", 9100).unwrap();
+    let sg: Vec<String> = p.actions[1..3].iter().map(ToString::to_string).collect();
     assert_eq!(
         sg,
         [
             "allow into sg-n: all traffic from 10.0.11.0/24",
-            "revoke from sg-n: tcp/22 from 0.0.0.0/0",
             "allow out of sg-n: all traffic to 0.0.0.0/0",
         ]
     );
+    // Rules are revoked last of all.
+    assert_eq!(
+        p.actions.last().unwrap().to_string(),
+        "revoke from sg-n: tcp/22 from 0.0.0.0/0"
+    );
+}
+
+/// An earlier apply serves subnet-xa (10.0.10.0/24, az-a) through rtb-n,
+/// its old table rtb-old kept; the group's security group allows it.
+fn served_before() -> Inventory {
+    let mut inv = fixtures::vpc();
+    inv.route_tables.push(RouteTable {
+        id: "rtb-old".into(),
+        ..Default::default()
+    });
+    inv.route_tables.push(RouteTable {
+        id: "rtb-n".into(),
+        associations: vec![Association {
+            id: "rtbassoc-n".into(),
+            subnet_id: Some("subnet-xa".into()),
+        }],
+        tags: group_tags(&[
+            (PREVIOUS_TAG, "rtb-old"),
+            (SUBNET_TAG, "subnet-xa"),
+            (AZ_TAG, "az-a"),
+        ]),
+        ..Default::default()
+    });
+    inv.security_groups.push(SecurityGroup {
+        id: "sg-n".into(),
+        name: "natron-g".into(),
+        tags: group_tags(&[]),
+        ingress: vec![
+            Permission {
+                protocol: "-1".into(),
+                from_port: None,
+                to_port: None,
+                peer: Peer::Cidr("10.0.10.0/24".parse().unwrap()),
+            },
+            Permission {
+                protocol: "tcp".into(),
+                from_port: Some(9100),
+                to_port: Some(9100),
+                peer: Peer::Group(Ref::Id("sg-n".into())),
+            },
+        ],
+        egress: vec![Permission {
+            protocol: "-1".into(),
+            from_port: None,
+            to_port: None,
+            peer: Peer::Cidr("0.0.0.0/0".parse().unwrap()),
+        }],
+    });
+    inv
+}
+
+fn partial(remove: &[&str]) -> Plan {
+    let inv = served_before();
+    let mut req = fixtures::request();
+    // Names only the new subnet in az-b.
+    req.private = vec!["az-b=10.0.11.0/24".parse().unwrap()];
+    req.remove = remove.iter().map(|s| s.to_string()).collect();
+    let l = layout::resolve(&req, &inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+    plan(&l, &inv, "aws", 9100).unwrap()
+}
+
+#[test]
+fn an_apply_naming_only_a_new_subnet_keeps_the_served_ones() {
+    let p = partial(&[]);
+    let text: Vec<String> = p.actions.iter().map(ToString::to_string).collect();
+    assert!(
+        !text
+            .iter()
+            .any(|t| t.starts_with("revoke") || t.contains("rtb-n") || t.contains("subnet-xa")),
+        "{text:#?}"
+    );
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n
+                .starts_with("subnet-xa (10.0.10.0/24) stays served: an earlier apply added it")),
+        "{:#?}",
+        p.notes
+    );
+}
+
+#[test]
+fn remove_private_releases_like_destroy_old_table_first_then_the_rule() {
+    let p = partial(&["subnet-xa"]);
+    let text: Vec<String> = p.actions.iter().map(ToString::to_string).collect();
+    let tail = &text[text.len() - 3..];
+    assert_eq!(
+        tail,
+        [
+            "give subnet-xa back its route table rtb-old (association rtbassoc-n)",
+            "delete route table rtb-n",
+            "revoke from sg-n: all traffic from 10.0.10.0/24",
+        ]
+    );
+    assert!(p
+        .notes
+        .iter()
+        .any(|n| n.contains("subnet-xa (10.0.10.0/24, az-a) stops being served")));
 }
 
 #[test]
@@ -128,7 +230,7 @@ fn resources_named_for_the_group_but_untagged_are_conflicts() {
         termination_hooks: vec![],
         tags: Tags::new(),
     });
-    let err = plan(&layout(), &inv, "us-east-1", 9100).unwrap_err();
+    let err = plan(&layout(), &inv, "aws", 9100).unwrap_err();
     assert!(err
         .to_string()
         .contains("auto scaling group natron-g-az-a exists without tag natron:group=g"));
@@ -162,4 +264,26 @@ fn destroy_gives_subnets_back_first_and_skips_untagged() {
             "delete route table rtb-n"
         ]
     );
+}
+
+#[test]
+fn the_table_and_rule_of_a_deleted_subnet_go() {
+    let mut inv = served_before();
+    inv.subnets.retain(|s| s.id != "subnet-xa");
+    let mut req = fixtures::request();
+    req.private = vec!["az-b=10.0.11.0/24".parse().unwrap()];
+    let l = layout::resolve(&req, &inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+    let p = plan(&l, &inv, "aws", 9100).unwrap();
+    let text: Vec<String> = p.actions.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text[text.len() - 2..],
+        [
+            "delete route table rtb-n",
+            "revoke from sg-n: all traffic from 10.0.10.0/24",
+        ]
+    );
+    assert!(p
+        .notes
+        .iter()
+        .any(|n| n.contains("made for subnet-xa, which no longer exists")));
 }

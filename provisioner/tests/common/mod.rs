@@ -1,0 +1,363 @@
+//! What the CLI tests against the EC2 emulator share: a VPC as users
+//! have it, the `natron` binary run as a user runs it, the agents' part
+//! played by a task, and summaries of the VPC to compare.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use natron::cloud::{Aws, Cloud};
+use natron_lab::emulator::Loopback;
+
+pub const AZ_A: &str = "us-east-1a";
+pub const AZ_B: &str = "us-east-1b";
+
+pub struct Vpc {
+    pub id: String,
+    pub igw: String,
+    pub public_rt: String,
+    /// A private subnet in use, with its own (untagged) route table.
+    pub old_subnet: String,
+    pub old_rt: String,
+    pub decoy_sg: String,
+    pub decoy_subnet: String,
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The `natron` binary as a user runs it against the emulator: a clean
+/// environment, its own HOME.
+pub fn natron_command(emu: &Loopback, args: &[&str]) -> tokio::process::Command {
+    let home = std::env::temp_dir().join(format!("natron-home-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_natron"));
+    cmd.args(args)
+        .env_clear()
+        .env("HOME", &home)
+        .envs(emu.env())
+        .kill_on_drop(true);
+    cmd
+}
+
+pub async fn natron(emu: &Loopback, args: &[&str]) -> Out {
+    let out = natron_command(emu, args).output().await.unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+pub fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+/// A VPC as a user has it before natron: public subnets in two AZs behind
+/// an internet gateway, a private subnet in use with its own route table,
+/// and unrelated resources that must survive everything.
+pub async fn vpc(ec2: &aws_sdk_ec2::Client) -> Vpc {
+    let id = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let igw = ec2
+        .create_internet_gateway()
+        .send()
+        .await
+        .unwrap()
+        .internet_gateway()
+        .unwrap()
+        .internet_gateway_id()
+        .unwrap()
+        .to_string();
+    ec2.attach_internet_gateway()
+        .internet_gateway_id(&igw)
+        .vpc_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let subnet = |az: &'static str, cidr: &'static str| {
+        let id = id.clone();
+        async move {
+            ec2.create_subnet()
+                .vpc_id(id)
+                .availability_zone(az)
+                .cidr_block(cidr)
+                .send()
+                .await
+                .unwrap()
+                .subnet()
+                .unwrap()
+                .subnet_id()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let table = || async {
+        ec2.create_route_table()
+            .vpc_id(&id)
+            .send()
+            .await
+            .unwrap()
+            .route_table()
+            .unwrap()
+            .route_table_id()
+            .unwrap()
+            .to_string()
+    };
+    let public_rt = table().await;
+    ec2.create_route()
+        .route_table_id(&public_rt)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&igw)
+        .send()
+        .await
+        .unwrap();
+    for (az, cidr) in [(AZ_A, "10.0.0.0/24"), (AZ_B, "10.0.1.0/24")] {
+        let s = subnet(az, cidr).await;
+        // AWS gives the NATs a public address through the launch
+        // template; the emulator only through the subnet's setting.
+        ec2.modify_subnet_attribute()
+            .subnet_id(&s)
+            .map_public_ip_on_launch(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        ec2.associate_route_table()
+            .route_table_id(&public_rt)
+            .subnet_id(&s)
+            .send()
+            .await
+            .unwrap();
+    }
+    let old_subnet = subnet(AZ_A, "10.0.10.0/24").await;
+    let old_rt = table().await;
+    ec2.associate_route_table()
+        .route_table_id(&old_rt)
+        .subnet_id(&old_subnet)
+        .send()
+        .await
+        .unwrap();
+    let decoy_subnet = subnet(AZ_B, "10.0.20.0/24").await;
+    let decoy_sg = ec2
+        .create_security_group()
+        .group_name("natron-decoy")
+        .description("not natron's")
+        .vpc_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    ec2.register_image()
+        .name("natron-test-1")
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::Arm64)
+        .root_device_name("/dev/xvda")
+        .send()
+        .await
+        .unwrap();
+    Vpc {
+        id,
+        igw,
+        public_rt,
+        old_subnet,
+        old_rt,
+        decoy_sg,
+        decoy_subnet,
+    }
+}
+
+/// Plays the agents: each group route table without a default route gets
+/// one to the running NAT of its AZ, whose source/dest check goes off.
+pub fn fake_agents(ec2: aws_sdk_ec2::Client, group: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let tables = ec2
+                .describe_route_tables()
+                .filters(filter("tag:natron:group", group))
+                .send()
+                .await
+                .unwrap();
+            for t in tables.route_tables() {
+                let has_default = t
+                    .routes()
+                    .iter()
+                    .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0"));
+                let az = t
+                    .tags()
+                    .iter()
+                    .find(|x| x.key() == Some("natron:az"))
+                    .and_then(|x| x.value());
+                let (false, Some(az)) = (has_default, az) else {
+                    continue;
+                };
+                let nat = ec2
+                    .describe_instances()
+                    .filters(filter("tag:natron:group", group))
+                    .filters(filter("tag:natron:az", az))
+                    .filters(filter("instance-state-name", "running"))
+                    .send()
+                    .await
+                    .unwrap();
+                let Some(nat) = nat
+                    .reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .find_map(|i| i.instance_id())
+                else {
+                    continue;
+                };
+                ec2.modify_instance_attribute()
+                    .instance_id(nat)
+                    .source_dest_check(
+                        aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                            .value(false)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                ec2.create_route()
+                    .route_table_id(t.route_table_id().unwrap())
+                    .destination_cidr_block("0.0.0.0/0")
+                    .instance_id(nat)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Ids of everything in the account tagged natron:group=`group` that
+/// still exists (terminated instances excluded), by kind.
+pub async fn tagged(emu: &Loopback, vpc: &str, group: &str) -> Vec<String> {
+    let cloud = Aws::new(&emu.sdk_config().await);
+    let inv = cloud.inventory(vpc, group).await.unwrap();
+    natron::plan::destroy(&inv, group)
+        .actions
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// A summary of the VPC that bad input must leave exactly as it was.
+pub async fn snapshot(ec2: &aws_sdk_ec2::Client, emu: &Loopback) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for s in ec2.describe_subnets().send().await.unwrap().subnets() {
+        out.insert(format!("subnet {}", s.subnet_id().unwrap()));
+    }
+    for t in ec2
+        .describe_route_tables()
+        .send()
+        .await
+        .unwrap()
+        .route_tables()
+    {
+        out.insert(format!(
+            "{:?}",
+            t.associations()
+                .iter()
+                .map(|a| a.subnet_id())
+                .collect::<Vec<_>>()
+        ));
+        out.insert(format!(
+            "rtb {} {:?}",
+            t.route_table_id().unwrap(),
+            t.routes().len()
+        ));
+    }
+    for g in ec2
+        .describe_security_groups()
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+    {
+        out.insert(format!(
+            "sg {} {}",
+            g.group_id().unwrap(),
+            g.ip_permissions().len()
+        ));
+    }
+    for t in ec2
+        .describe_launch_templates()
+        .send()
+        .await
+        .unwrap()
+        .launch_templates()
+    {
+        out.insert(format!("lt {}", t.launch_template_id().unwrap()));
+    }
+    let iam = aws_sdk_iam::Client::new(&emu.sdk_config().await);
+    for r in iam.list_roles().send().await.unwrap().roles() {
+        out.insert(format!("role {}", r.role_name()));
+    }
+    let asg = aws_sdk_autoscaling::Client::new(&emu.sdk_config().await);
+    for g in asg
+        .describe_auto_scaling_groups()
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_groups()
+    {
+        out.insert(format!("asg {}", g.auto_scaling_group_name().unwrap()));
+    }
+    out.into_iter().collect()
+}
+
+/// The group's route table made for `subnet`.
+pub async fn table_for(ec2: &aws_sdk_ec2::Client, subnet: &str) -> aws_sdk_ec2::types::RouteTable {
+    ec2.describe_route_tables()
+        .filters(filter("tag:natron:subnet", subnet))
+        .send()
+        .await
+        .unwrap()
+        .route_tables()[0]
+        .clone()
+}
+
+pub fn instance_of(table: &aws_sdk_ec2::types::RouteTable) -> String {
+    table
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .and_then(|r| r.instance_id())
+        .unwrap()
+        .to_string()
+}
+
+pub async fn expect_check(emu: &Loopback, v: &Vpc, code: i32, needle: &str) {
+    let out = natron(emu, &["check", "--vpc", &v.id, "--group", "g1"]).await;
+    assert_eq!(out.code, code, "check after a breakage ({needle}):\n{out}");
+    assert!(out.stdout.contains(needle), "{needle:?} missing:\n{out}");
+    assert!(out.stdout.contains("fix: "), "{out}");
+}
