@@ -9,6 +9,7 @@ pub mod check;
 pub mod cloud;
 pub mod cost;
 pub mod documents;
+pub mod export;
 pub mod layout;
 pub mod model;
 pub mod plan;

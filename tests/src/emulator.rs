@@ -31,6 +31,12 @@ pub fn moto_server_path() -> Result<PathBuf, LabError> {
     }
 }
 
+/// Deploys a CloudFormation template on the emulator and fills the
+/// emulator's measured CloudFormation gaps; run with the venv's python3
+/// (`venv_tool("python3")`): `deploy_stack.py NAME TEMPLATE.json
+/// [--without-instances]`. Its last line is `OUTPUTS {json}`.
+pub const DEPLOY_STACK_PY: &str = include_str!("deploy_stack.py");
+
 /// Another tool of the emulator's venv (`cfn-lint`, `parliament`), next
 /// to moto_server.
 pub fn venv_tool(name: &str) -> Result<PathBuf, LabError> {
@@ -100,6 +106,13 @@ impl Loopback {
         };
         wait_ready(&client(&emulator.endpoint).await, Duration::from_secs(20)).await?;
         Ok(emulator)
+    }
+
+    /// The end of the emulator's log (for a test's failure message).
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self._dir.path.join("moto.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// The environment that points an AWS SDK program at this emulator.

@@ -36,6 +36,24 @@ pub struct Plan {
 #[error("{}", .0.join("\n"))]
 pub struct Conflicts(pub Vec<String>);
 
+/// The CloudFormation stack that manages the group, if any: CloudFormation
+/// tags what it creates with `aws:cloudformation:stack-name`. `apply` and
+/// `destroy` leave such a group to its stack.
+pub fn managing_stack(inv: &Inventory, group: &str) -> Option<String> {
+    const STACK_TAG: &str = "aws:cloudformation:stack-name";
+    let mine = |tags: &Tags| has_tag(tags, GROUP_TAG, group);
+    inv.security_groups
+        .iter()
+        .map(|g| &g.tags)
+        .chain(inv.route_tables.iter().map(|t| &t.tags))
+        .chain(inv.subnets.iter().map(|s| &s.tags))
+        .chain(inv.auto_scaling_groups.iter().map(|g| &g.tags))
+        .chain(inv.launch_template.iter().map(|t| &t.tags))
+        .chain(inv.addresses.iter().map(|a| &a.tags))
+        .filter(|t| mine(t))
+        .find_map(|t| t.get(STACK_TAG).cloned())
+}
+
 /// The ingress the NATs need: everything from the subnets they serve, and
 /// the agent's health port from each other (a rule naming their own group;
 /// for a group still to be created the executor puts in its new id).

@@ -47,7 +47,8 @@ pub(super) fn tags(kind: ResourceType, pairs: &[(&str, &str)]) -> TagSpecificati
 /// Creates the seed's topology in the emulator: a VPC with an internet
 /// gateway, per AZ a public subnet (main route table: 0.0.0.0/0 -> IGW) with
 /// a NAT instance holding an Elastic IP, and a private subnet with its own
-/// route table tagged for natron (no default route yet) and a client.
+/// route table tagged for natron (no default route yet; untagged with
+/// `user_tables`) and a client.
 pub(super) async fn provision(
     ec2: &aws_sdk_ec2::Client,
     spec: &LabSpec,
@@ -135,16 +136,22 @@ pub(super) async fn provision(
         };
         let public = subnet(az.public_cidr, format!("public-{}", az.letter)).await?;
         let private = subnet(az.private_cidr, format!("lambda-{}", az.letter)).await?;
+        let name = format!("lambda-{}", az.letter);
+        let natron_tags = [
+            ("Name", name.as_str()),
+            ("natron:group", spec.group.as_str()),
+            ("natron:az", az.name.as_str()),
+        ];
         let rt = ec2
             .create_route_table()
             .vpc_id(&vpc_id)
             .tag_specifications(tags(
                 ResourceType::RouteTable,
-                &[
-                    ("Name", &format!("lambda-{}", az.letter)),
-                    ("natron:group", &spec.group),
-                    ("natron:az", &az.name),
-                ],
+                if spec.user_tables {
+                    &natron_tags[..1]
+                } else {
+                    &natron_tags
+                },
             ))
             .send()
             .await

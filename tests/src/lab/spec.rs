@@ -40,6 +40,10 @@ pub struct LabSpec {
     /// One AZ's NAT instance as natron's disk image under QEMU instead of
     /// an agent in a namespace.
     pub vm_nat: Option<VmNatSpec>,
+    /// Each private subnet's route table as the user had it before natron:
+    /// untagged (no agent claims it). natron's tables then come from
+    /// elsewhere (a CloudFormation stack).
+    pub user_tables: bool,
 }
 
 /// The NAT of AZ `az` is `image` booted under QEMU, on a TAP device
@@ -74,7 +78,14 @@ impl LabSpec {
             group: "lab".into(),
             azs,
             vm_nat: None,
+            user_tables: false,
         }
+    }
+
+    /// The private subnets' route tables are the user's own, untagged.
+    pub fn with_user_tables(mut self) -> LabSpec {
+        self.user_tables = true;
+        self
     }
 
     /// AZ `az`'s NAT is the x86_64 `image` under QEMU, booting UEFI.

@@ -65,6 +65,14 @@ pub enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Print a template that builds what `apply` would build, for
+    /// CloudFormation, CDK (CfnInclude) or Terraform; changes nothing.
+    Export {
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        #[command(flatten)]
+        topology: Topology,
+    },
     /// Per AZ: the NAT instance, its state, the route tables it serves.
     Status(Group),
     /// Analyse the configuration of each private subnet of the group.
@@ -92,6 +100,12 @@ pub enum Cmd {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16384))]
         root_gib: u32,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// A CloudFormation template (JSON).
+    Cloudformation,
 }
 
 #[derive(Subcommand)]

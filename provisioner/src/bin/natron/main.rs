@@ -21,7 +21,7 @@ use natron::layout::{self, Request};
 use natron::report::{PlanReport, RunReport};
 use natron::{check, cost, plan, regions, status};
 
-use args::{Cli, Cmd, Group, ImageCmd, Topology};
+use args::{Cli, Cmd, ExportFormat, Group, ImageCmd, Topology};
 use output::{Out, Stop};
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(600);
@@ -148,6 +148,41 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
             .await
         }
         Cmd::Destroy { group, yes } => destroy(&cloud, out, group, *yes).await,
+        Cmd::Export {
+            format: ExportFormat::Cloudformation,
+            topology,
+        } => {
+            if !topology.remove_private.is_empty() {
+                return Err(BadInput(
+                    "export describes a whole group: --remove-private has no meaning there".into(),
+                )
+                .into());
+            }
+            let inv = inventory(&cloud, &topology.group).await?;
+            let existing = natron::export::existing(&inv, &topology.group.group);
+            if !existing.is_empty() {
+                return Err(BadInput(format!(
+                    "group {} already exists in {}: {}; a stack would collide with it (export a new group, or `natron destroy` this one first)",
+                    topology.group.group,
+                    topology.group.vpc,
+                    existing.join(", ")
+                ))
+                .into());
+            }
+            let (layout, _) = prepare(&cloud, topology, partition).await?;
+            let e = natron::export::cloudformation(
+                &layout,
+                &inv,
+                partition,
+                natron_contract::AGENT_PORT,
+            );
+            for n in &e.notes {
+                eprintln!("note: {n}");
+            }
+            // The template is JSON whatever --output says.
+            out.raw(format_args!("{:#}\n", e.template));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status(g) => {
             let inv = inventory(&cloud, g).await?;
             let s = status::status(&inv, &g.group);
@@ -213,6 +248,18 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A group built by a CloudFormation stack is the stack's to change.
+fn not_a_stack(inv: &natron::model::Inventory, g: &Group, command: &str) -> anyhow::Result<()> {
+    match plan::managing_stack(inv, &g.group) {
+        Some(stack) => Err(BadInput(format!(
+            "group {} in {} is managed by CloudFormation stack {stack} (its resources carry aws:cloudformation:stack-name): update or delete the stack instead of `natron {command}`",
+            g.group, g.vpc
+        ))
+        .into()),
+        None => Ok(()),
+    }
+}
+
 async fn inventory(cloud: &Aws, g: &Group) -> anyhow::Result<natron::model::Inventory> {
     layout::validate_group(&g.group).map_err(BadInput)?;
     cloud
@@ -238,6 +285,7 @@ async fn prepare(
     partition: &str,
 ) -> anyhow::Result<(natron::layout::Layout, plan::Plan)> {
     let inv = inventory(cloud, &t.group).await?;
+    not_a_stack(&inv, &t.group, "apply")?;
     let architectures = cloud.instance_architectures(&t.instance_type).await?;
     let choice = match &t.ami {
         Some(id) => ImageChoice::Id(id.clone()),
@@ -430,6 +478,7 @@ fn confirmed(g: &Group, actions: usize) -> anyhow::Result<bool> {
 
 async fn destroy(cloud: &Aws, out: &mut Out, g: &Group, yes: bool) -> anyhow::Result<ExitCode> {
     let inv = inventory(cloud, g).await?;
+    not_a_stack(&inv, g, "destroy")?;
     let p = plan::destroy(&inv, &g.group);
     let mut report = RunReport::new(PlanReport::new(&g.vpc, &g.group, None, &p));
     print_plan(out, &report.plan);

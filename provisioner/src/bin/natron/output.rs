@@ -60,6 +60,12 @@ impl Out {
         }
     }
 
+    /// Printed as is in either mode (a document that is the command's
+    /// output in both, like an exported template).
+    pub fn raw(&mut self, text: impl Display) {
+        self.write(format_args!("{text}"));
+    }
+
     /// The one JSON document of a command, in JSON mode only.
     pub fn document(&mut self, value: &impl Serialize) {
         if self.json() {
