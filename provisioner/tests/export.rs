@@ -196,15 +196,19 @@ async fn the_exported_stack_builds_what_apply_builds() {
         .collect()
     };
 
+    let export = || {
+        let mut args = vec![
+            "export".to_string(),
+            "--format".into(),
+            "cloudformation".into(),
+        ];
+        args.extend(topology(&vs));
+        let stacked = &stacked;
+        async move { natron_with(stacked, &args).await }
+    };
+
     // The template, linted.
-    let mut args = vec![
-        "export".to_string(),
-        "--format".into(),
-        "cloudformation".into(),
-    ];
-    args.extend(topology(&vs));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = natron(&stacked, &args).await;
+    let out = export().await;
     assert_eq!(out.code, 0, "{out}");
     let template: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let dir = std::env::temp_dir().join(format!("natron-export-{}", std::process::id()));
@@ -235,8 +239,7 @@ async fn the_exported_stack_builds_what_apply_builds() {
     let mut args = vec!["apply".to_string()];
     args.extend(topology(&va));
     args.extend(["--wait-timeout".into(), "60s".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = natron(&applied, &args).await;
+    let out = natron_with(&applied, &args).await;
     assert_eq!(out.code, 0, "{out}");
     // Let the played agents claim the stack's tables.
     let cloud_s = Aws::new(&stacked.sdk_config().await);
@@ -270,26 +273,18 @@ async fn the_exported_stack_builds_what_apply_builds() {
     assert!(differences.is_empty(), "{}", differences.join("\n"));
     assert!(template["Outputs"].get("PendingAssociations").is_none());
 
-    // The stack's group is the stack's: export, apply and destroy refuse.
-    let mut args = vec![
-        "export".to_string(),
-        "--format".into(),
-        "cloudformation".into(),
-    ];
-    args.extend(topology(&vs));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = natron(&stacked, &args).await;
+    // The stack's group is the stack's: export, plan, apply and destroy refuse.
+    let out = export().await;
     assert_eq!(out.code, 2, "{out}");
     assert!(out.stderr.contains("group g7 already exists in"), "{out}");
-    for command in ["apply", "destroy"] {
+    for command in ["plan", "apply", "destroy"] {
         let mut args = vec![command.to_string()];
         args.extend(topology(&vs));
         if command == "destroy" {
             args.truncate(5);
             args.push("--yes".into());
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = natron(&stacked, &args).await;
+        let out = natron_with(&stacked, &args).await;
         assert_eq!(out.code, 2, "{out}");
         assert!(
             out.stderr

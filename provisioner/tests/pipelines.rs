@@ -67,10 +67,7 @@ async fn partial_applies_add_keep_and_remove() {
     };
     let run = |args: Vec<String>| {
         let emu = &emu;
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            natron(emu, &args).await
-        }
+        async move { natron_with(emu, &args).await }
     };
 
     // Serve the subnet in use.
@@ -159,17 +156,8 @@ async fn partial_applies_add_keep_and_remove() {
     agents.abort();
 
     // status, check and destroy as JSON too.
-    for command in ["status", "check"] {
-        let out = natron(
-            &emu,
-            &[command, "--vpc", &v.id, "--group", "g4", "--output", "json"],
-        )
-        .await;
-        json(&out);
-    }
-    let out = natron(
-        &emu,
-        &[
+    let removal_plan = || {
+        let args: Vec<String> = [
             "plan",
             "--destroy",
             "--vpc",
@@ -178,9 +166,22 @@ async fn partial_applies_add_keep_and_remove() {
             "g4",
             "--output",
             "json",
-        ],
-    )
-    .await;
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let emu = &emu;
+        async move { natron_with(emu, &args).await }
+    };
+    for command in ["status", "check"] {
+        let out = natron(
+            &emu,
+            &[command, "--vpc", &v.id, "--group", "g4", "--output", "json"],
+        )
+        .await;
+        json(&out);
+    }
+    let out = removal_plan().await;
     assert_eq!(out.code, 0, "{out}");
     let removal = json(&out);
     assert_eq!(removal["changes"], true);
@@ -196,20 +197,7 @@ async fn partial_applies_add_keep_and_remove() {
     let doc = json(&out);
     assert_eq!(doc["complete"], true);
     assert_eq!(doc["plan"]["actions"], removal["actions"]);
-    let out = natron(
-        &emu,
-        &[
-            "plan",
-            "--destroy",
-            "--vpc",
-            &v.id,
-            "--group",
-            "g4",
-            "--output",
-            "json",
-        ],
-    )
-    .await;
+    let out = removal_plan().await;
     assert_eq!(json(&out)["changes"], false, "{out}");
 }
 

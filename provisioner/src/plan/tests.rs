@@ -27,6 +27,26 @@ fn kinds(p: &Plan) -> Vec<String> {
         .collect()
 }
 
+/// The security group rule that lets a served subnet in.
+fn all_from(cidr: &str) -> Permission {
+    Permission {
+        protocol: "-1".into(),
+        from_port: None,
+        to_port: None,
+        peer: Peer::Cidr(cidr.parse().unwrap()),
+    }
+}
+
+/// The agents' health port, from the group sg-n itself.
+fn health_port() -> Permission {
+    Permission {
+        protocol: "tcp".into(),
+        from_port: Some(9100),
+        to_port: Some(9100),
+        peer: Peer::Group(Ref::Id("sg-n".into())),
+    }
+}
+
 fn group_tags(extra: &[(&str, &str)]) -> Tags {
     std::iter::once((GROUP_TAG, "g"))
         .chain(extra.iter().copied())
@@ -80,18 +100,8 @@ fn only_the_difference_is_planned() {
         tags: group_tags(&[]),
         // One rule missing (10.0.11.0/24), one extra (22 from anywhere).
         ingress: vec![
-            Permission {
-                protocol: "-1".into(),
-                from_port: None,
-                to_port: None,
-                peer: Peer::Cidr("10.0.10.0/24".parse().unwrap()),
-            },
-            Permission {
-                protocol: "tcp".into(),
-                from_port: Some(9100),
-                to_port: Some(9100),
-                peer: Peer::Group(Ref::Id("sg-n".into())),
-            },
+            all_from("10.0.10.0/24"),
+            health_port(),
             Permission {
                 protocol: "tcp".into(),
                 from_port: Some(22),
@@ -142,26 +152,8 @@ fn served_before() -> Inventory {
         id: "sg-n".into(),
         name: "natron-g".into(),
         tags: group_tags(&[]),
-        ingress: vec![
-            Permission {
-                protocol: "-1".into(),
-                from_port: None,
-                to_port: None,
-                peer: Peer::Cidr("10.0.10.0/24".parse().unwrap()),
-            },
-            Permission {
-                protocol: "tcp".into(),
-                from_port: Some(9100),
-                to_port: Some(9100),
-                peer: Peer::Group(Ref::Id("sg-n".into())),
-            },
-        ],
-        egress: vec![Permission {
-            protocol: "-1".into(),
-            from_port: None,
-            to_port: None,
-            peer: Peer::Cidr("0.0.0.0/0".parse().unwrap()),
-        }],
+        ingress: vec![all_from("10.0.10.0/24"), health_port()],
+        egress: vec![all_from("0.0.0.0/0")],
     });
     inv
 }

@@ -54,6 +54,12 @@ pub fn natron_command(emu: &Loopback, args: &[&str]) -> tokio::process::Command 
     cmd
 }
 
+/// `natron` with arguments built at run time.
+pub async fn natron_with(emu: &Loopback, args: &[String]) -> Out {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    natron(emu, &args).await
+}
+
 pub async fn natron(emu: &Loopback, args: &[&str]) -> Out {
     let out = natron_command(emu, args).output().await.unwrap();
     Out {

@@ -117,7 +117,9 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
             topology,
         } => {
             let g = &topology.group;
-            let p = plan::destroy(&inventory(&cloud, g).await?, &g.group);
+            let inv = inventory(&cloud, g).await?;
+            not_a_stack(&inv, g, "plan --destroy")?;
+            let p = plan::destroy(&inv, &g.group);
             show_plan(out, &PlanReport::new(&g.vpc, &g.group, None, &p));
             Ok(ExitCode::SUCCESS)
         }
@@ -125,7 +127,7 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
             destroy: false,
             topology,
         } => {
-            let (layout, p) = prepare(&cloud, topology, partition).await?;
+            let (layout, p) = prepare(&cloud, topology, partition, "plan").await?;
             show_plan(
                 out,
                 &PlanReport::new(&layout.vpc_id, &layout.group, Some(&layout), &p),
@@ -169,7 +171,7 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
                 ))
                 .into());
             }
-            let (layout, _) = prepare(&cloud, topology, partition).await?;
+            let (layout, _) = prepare(&cloud, topology, partition, "export").await?;
             let e = natron::export::cloudformation(
                 &layout,
                 &inv,
@@ -283,9 +285,10 @@ async fn prepare(
     cloud: &Aws,
     t: &Topology,
     partition: &str,
+    command: &str,
 ) -> anyhow::Result<(natron::layout::Layout, plan::Plan)> {
     let inv = inventory(cloud, &t.group).await?;
-    not_a_stack(&inv, &t.group, "apply")?;
+    not_a_stack(&inv, &t.group, command)?;
     let architectures = cloud.instance_architectures(&t.instance_type).await?;
     let choice = match &t.ami {
         Some(id) => ImageChoice::Id(id.clone()),
@@ -384,7 +387,7 @@ async fn apply(
     no_wait: bool,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let (layout, p) = prepare(cloud, t, partition).await?;
+    let (layout, p) = prepare(cloud, t, partition, "apply").await?;
     let mut report = RunReport::new(PlanReport::new(
         &layout.vpc_id,
         &layout.group,
