@@ -71,6 +71,27 @@ pub fn agent_policy(group: &str, partition: &str) -> Value {
     })
 }
 
+/// The actions a policy's Allow statements name (`ec2:CreateRoute`…).
+pub fn allowed_actions(policy: &Value) -> std::collections::BTreeSet<String> {
+    let statements = policy["Statement"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    statements
+        .iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .flat_map(|s| match &s["Action"] {
+            Value::Array(list) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            Value::String(one) => vec![one.clone()],
+            _ => vec![],
+        })
+        .collect()
+}
+
 pub fn trust_policy() -> Value {
     json!({
         "Version": "2012-10-17",

@@ -14,6 +14,32 @@ fn two_azs(hold_down: Duration) -> TwoAzs {
     TwoAzs::start(hold_down).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Every call the agents made (all go through the lab's EC2 proxy) is an
+/// action their IAM policy allows, as `natron apply` writes it. This is
+/// the part of IAM the emulator could enforce (moto's authorizer checks a
+/// request's action against the Action elements only: neither Resource
+/// nor Condition), checked here without turning authorization on.
+fn only_calls_the_policy_allows(s: &TwoAzs) {
+    let policy = natron::documents::agent_policy(&s.lab.spec.group, "aws");
+    let allowed = natron::documents::allowed_actions(&policy);
+    let called: std::collections::BTreeSet<String> = s
+        .lab
+        .ec2_proxy
+        .requests()
+        .iter()
+        .map(|r| format!("ec2:{}", r.action))
+        .collect();
+    let outside: Vec<&String> = called.difference(&allowed).collect();
+    assert!(
+        outside.is_empty(),
+        "the agents called {outside:?}, which their IAM policy does not allow ({allowed:?})"
+    );
+    println!(
+        "agents' calls {called:?}; allowed and not called here: {:?}",
+        allowed.difference(&called).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn dead_nat_is_replaced_by_the_other_az() {
     let s = two_azs(Duration::from_secs(30));
@@ -44,6 +70,7 @@ fn dead_nat_is_replaced_by_the_other_az() {
         Some(s.lab.nats[0].instance_id.as_str()),
         "{table_a:?}"
     );
+    only_calls_the_policy_allows(&s);
 }
 
 #[test]
@@ -175,6 +202,7 @@ fn auto_scaling_termination_hands_routes_over_while_the_nat_still_runs() {
         s.lab.elastic_ip_holder(1).as_deref(),
         Some(s.lab.nats[1].instance_id.as_str())
     );
+    only_calls_the_policy_allows(&s);
 }
 
 #[test]
@@ -232,6 +260,7 @@ fn a_replacement_nat_takes_the_azs_elastic_ip_and_table_without_apply() {
         s.lab.elastic_ip_holder(1).as_deref(),
         Some(s.lab.nats[1].instance_id.as_str())
     );
+    only_calls_the_policy_allows(&s);
 }
 
 #[test]

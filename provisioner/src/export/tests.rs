@@ -1,0 +1,113 @@
+//! The template over fixture inventories.
+
+use super::*;
+use crate::layout::{self, tests as fixtures};
+use crate::model::{Association, Route, RouteTable};
+
+fn export(inv: &Inventory) -> Export {
+    let mut req = fixtures::request();
+    req.elastic_ips = true;
+    let l = layout::resolve(&req, inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+    cloudformation(&l, inv, "aws", 9100)
+}
+
+fn types(e: &Export) -> Vec<(String, String)> {
+    e.template["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v["Type"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn every_resource_of_apply_is_in_the_template_tagged_alike() {
+    let e = export(&fixtures::vpc());
+    let t = types(&e);
+    for (name, kind) in [
+        ("PrivateSubnetAzB0", "AWS::EC2::Subnet"),
+        ("NatSecurityGroup", "AWS::EC2::SecurityGroup"),
+        ("NatHealthIngress", "AWS::EC2::SecurityGroupIngress"),
+        ("AgentRole", "AWS::IAM::Role"),
+        ("AgentInstanceProfile", "AWS::IAM::InstanceProfile"),
+        ("LaunchTemplate", "AWS::EC2::LaunchTemplate"),
+        ("NatGroupAzA", "AWS::AutoScaling::AutoScalingGroup"),
+        ("NatGroupAzB", "AWS::AutoScaling::AutoScalingGroup"),
+        ("ElasticIpAzA", "AWS::EC2::EIP"),
+        ("RouteTableSubnetXa", "AWS::EC2::RouteTable"),
+        (
+            "RouteTableSubnetXaAssociation",
+            "AWS::EC2::SubnetRouteTableAssociation",
+        ),
+        ("RouteTablePrivateSubnetAzB0", "AWS::EC2::RouteTable"),
+    ] {
+        assert!(
+            t.contains(&(name.to_string(), kind.to_string())),
+            "{name} ({kind}) missing in {t:?}"
+        );
+    }
+    let r = &e.template["Resources"];
+    assert_eq!(
+        r["AgentPolicy"]["Properties"]["PolicyDocument"],
+        documents::agent_policy("g", "aws")
+    );
+    assert_eq!(
+        r["NatGroupAzB"]["Properties"]["LifecycleHookSpecificationList"][0]["LifecycleHookName"],
+        "natron-handoff"
+    );
+    let table_tags = r["RouteTableSubnetXa"]["Properties"]["Tags"].to_string();
+    for needle in [
+        r#"{"Key":"natron:group","Value":"g"}"#,
+        r#"{"Key":"natron:az","Value":"az-a"}"#,
+        r#"{"Key":"natron:subnet","Value":"subnet-xa"}"#,
+    ] {
+        assert!(table_tags.contains(needle), "{needle} in {table_tags}");
+    }
+    // subnet-xa is on the main table: associated by the stack, and
+    // with no default route to copy.
+    assert!(r.get("RouteTableSubnetXaDefault").is_none());
+    assert!(e.template["Outputs"].get("PendingAssociations").is_none());
+}
+
+#[test]
+fn a_subnet_in_use_keeps_its_way_out_and_its_own_table() {
+    let mut inv = fixtures::vpc();
+    inv.route_tables.push(RouteTable {
+        id: "rtb-own".into(),
+        associations: vec![Association {
+            id: "rtbassoc-own".into(),
+            subnet_id: Some("subnet-xa".into()),
+        }],
+        routes: vec![Route {
+            destination: "0.0.0.0/0".into(),
+            nat_gateway_id: Some("nat-1".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let e = export(&inv);
+    let r = &e.template["Resources"];
+    assert_eq!(
+        r["RouteTableSubnetXaDefault"]["Properties"]["NatGatewayId"],
+        "nat-1"
+    );
+    assert!(r.get("RouteTableSubnetXaAssociation").is_none());
+    let pending = e.template["Outputs"]["PendingAssociations"].to_string();
+    assert!(
+        pending.contains("--association-id rtbassoc-own"),
+        "{pending}"
+    );
+    assert!(r["RouteTableSubnetXa"]["Properties"]["Tags"]
+        .to_string()
+        .contains(r#"{"Key":"natron:previous-route-table","Value":"rtb-own"}"#));
+    assert!(e
+        .notes
+        .iter()
+        .any(|n| n.contains("subnet-xa has its own route table rtb-own")));
+}
+
+#[test]
+fn logical_ids_are_alphanumeric() {
+    assert_eq!(logical("us-east-1a"), "UsEast1a");
+    assert_eq!(logical("subnet-0abc"), "Subnet0abc");
+}
