@@ -23,10 +23,18 @@ fn stopped(out: &Out, e: RunError, report: &RunReport, again: &str) -> anyhow::E
         report.carried_out.len(),
         report.plan.actions.len()
     );
+    // Only a stop the run itself reports is ours; an AWS error stays one
+    // even when Ctrl-C came meanwhile.
+    let ours = matches!(
+        e,
+        RunError::Interrupted { .. } | RunError::StoppedWaiting { .. }
+    );
     match out.stop() {
-        Some(Stop::Interrupted) => Interrupted(e).into(),
-        Some(Stop::Output(io)) => anyhow::anyhow!("stopped, the output failed ({io}): {done}"),
-        None => anyhow::Error::from(e).context(done),
+        Some(Stop::Interrupted) if ours => Interrupted(e).into(),
+        Some(Stop::Output(io)) if ours => {
+            anyhow::anyhow!("stopped, the output failed ({io}): {done}")
+        }
+        _ => anyhow::Error::from(e).context(done),
     }
 }
 
