@@ -159,14 +159,7 @@ async fn apply_check_break_destroy() {
         "{out}"
     );
     // Check passes once they are in natron's, as AWS launches them.
-    for nat in &inv.instances {
-        ec2.modify_instance_attribute()
-            .instance_id(&nat.id)
-            .groups(&sg.id)
-            .send()
-            .await
-            .unwrap();
-    }
+    into_natrons_group(&ec2, &inv, "g1").await;
     let out = natron(&emu, &["check", "--vpc", &v.id, "--group", "g1"]).await;
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(out.stdout.matches("ok ").count(), 2, "{out}");

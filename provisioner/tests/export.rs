@@ -310,20 +310,7 @@ async fn the_exported_stack_builds_what_apply_builds() {
         0,
         "{status:#}"
     );
-    let sg = inv_s
-        .security_groups
-        .iter()
-        .find(|g| g.name == "natron-g7")
-        .unwrap();
-    for nat in &inv_s.instances {
-        ec2_s
-            .modify_instance_attribute()
-            .instance_id(&nat.id)
-            .groups(&sg.id)
-            .send()
-            .await
-            .unwrap();
-    }
+    into_natrons_group(&ec2_s, &inv_s, "g7").await;
     let out = natron(&stacked, &["check", "--vpc", &vs.id, "--group", "g7"]).await;
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(out.stdout.matches("ok ").count(), 2, "{out}");

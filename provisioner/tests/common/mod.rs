@@ -69,6 +69,29 @@ pub async fn natron(emu: &Loopback, args: &[&str]) -> Out {
     }
 }
 
+/// Puts the group's NATs in natron's security group, as AWS launches them
+/// from the launch template (the emulator puts them in the VPC's default
+/// group, whatever the template says).
+pub async fn into_natrons_group(
+    ec2: &aws_sdk_ec2::Client,
+    inv: &natron::model::Inventory,
+    group: &str,
+) {
+    let sg = inv
+        .security_groups
+        .iter()
+        .find(|g| g.name == format!("natron-{group}"))
+        .expect("natron's security group");
+    for nat in &inv.instances {
+        ec2.modify_instance_attribute()
+            .instance_id(&nat.id)
+            .groups(&sg.id)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
 pub fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
