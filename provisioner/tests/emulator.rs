@@ -484,6 +484,10 @@ async fn bad_input_fails_before_any_change() {
             vec!["plan", "--destroy", "--private", "subnet-1"],
             ["--destroy", "--private"],
         ),
+        (
+            vec!["plan", "--destroy", "--ami-name", "x-*"],
+            ["--destroy", "--ami-name"],
+        ),
     ] {
         let mut full = args.clone();
         full.extend(["--vpc", &v.id, "--group", "g1"]);

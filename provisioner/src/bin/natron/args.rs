@@ -38,7 +38,7 @@ pub enum Cmd {
     /// changes nothing.
     Plan {
         /// Show the removal plan of `destroy` instead.
-        #[arg(long, conflicts_with_all = ["azs", "private", "remove_private", "public_subnets", "ami", "elastic_ip"])]
+        #[arg(long, conflicts_with_all = ["azs", "private", "remove_private", "public_subnets", "ami", "ami_name", "ami_owner", "elastic_ip"])]
         destroy: bool,
         #[command(flatten)]
         topology: Topology,
