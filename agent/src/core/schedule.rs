@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use natron_contract::aws::ErrorKind;
+
 /// What to read on this pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Reads {
@@ -63,10 +65,17 @@ pub fn window_ended(lost_ms: &[u64], read_ms: u64, now_ms: u64, window: Duration
     })
 }
 
-/// Backoff after failed coordination passes: the first retry after
-/// `BACKOFF_BASE`, doubling to `BACKOFF_MAX`, with up to half of it as
-/// jitter so that agents throttled together do not retry together. While
-/// EC2 refuses every call, the agent asks less often than in steady state.
+/// Backoff after failed EC2 work (coordination passes, the data plane's
+/// EC2 steps): the first retry after `BACKOFF_BASE`, doubling to
+/// `BACKOFF_MAX`, with up to half of it as jitter so that agents throttled
+/// together do not retry together. While EC2 refuses every call, the agent
+/// asks less often than in steady state.
+///
+/// Missing credentials wait at most `CREDENTIALS_RETRY`: such a call never
+/// reaches EC2 (nothing there to spare), it costs one or two requests to
+/// the instance's own metadata service, and the operator who attaches the
+/// instance profile expects the NAT to serve within seconds, not a minute
+/// later (each loop backing off alone once put a minute between them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backoff {
     pub failures: u32,
@@ -74,12 +83,16 @@ pub struct Backoff {
 
 pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub const CREDENTIALS_RETRY: Duration = Duration::from_secs(8);
 
 impl Backoff {
-    /// The wait after one more failure, with `jitter` in [0, 1).
-    pub fn fail(&mut self, jitter: f64) -> Duration {
+    /// The wait after one more failure of `kind`, with `jitter` in [0, 1).
+    pub fn fail(&mut self, kind: ErrorKind, jitter: f64) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let full = (BACKOFF_BASE * 2u32.saturating_pow(self.failures - 1)).min(BACKOFF_MAX);
+        let mut full = (BACKOFF_BASE * 2u32.saturating_pow(self.failures - 1)).min(BACKOFF_MAX);
+        if kind == ErrorKind::Credentials {
+            full = full.min(CREDENTIALS_RETRY);
+        }
         full / 2 + (full / 2).mul_f64(jitter.clamp(0.0, 1.0))
     }
 
@@ -137,17 +150,28 @@ mod tests {
     #[test]
     fn failed_passes_back_off_and_a_success_resets() {
         let mut b = Backoff::default();
-        let waits: Vec<Duration> = (0..8).map(|_| b.fail(0.999)).collect();
+        let throttled = ErrorKind::Throttled;
+        let waits: Vec<Duration> = (0..8).map(|_| b.fail(throttled, 0.999)).collect();
         assert!(waits[0] >= Duration::from_secs(1) && waits[0] < Duration::from_secs(2));
         assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
         assert!(waits[7] <= BACKOFF_MAX);
         assert_eq!(
-            b.fail(0.0),
+            b.fail(throttled, 0.0),
             BACKOFF_MAX / 2,
             "the floor is half the full wait"
         );
         b.succeed();
-        assert!(b.fail(0.0) < Duration::from_secs(2));
+        assert!(b.fail(throttled, 0.0) < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn missing_credentials_are_retried_within_seconds_however_long_they_lasted() {
+        let mut b = Backoff::default();
+        for _ in 0..20 {
+            assert!(b.fail(ErrorKind::Credentials, 0.999) <= CREDENTIALS_RETRY);
+        }
+        // The instance profile came back but EC2 throttles: the full backoff.
+        assert!(b.fail(ErrorKind::Throttled, 0.0) >= BACKOFF_MAX / 2);
     }
 
     use super::*;

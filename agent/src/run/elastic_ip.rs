@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use natron_contract::aws::ErrorKind;
 use natron_contract::status::{ElasticIp, ElasticIpState};
 use tracing::{info, warn};
 
@@ -31,13 +32,13 @@ fn view(a: &Address, state: ElasticIpState, detail: Option<String>) -> ElasticIp
 }
 
 /// Puts this AZ's Elastic IP on this instance; returns when to look again
-/// and whether EC2 answered.
+/// and, when a call failed, how (the caller backs off by its kind).
 pub async fn reconcile(
     ec2: &dyn Ec2,
     shared: &Shared,
     r: &Resolved,
     failing: &mut Repeats,
-) -> (Duration, bool) {
+) -> (Duration, Option<ErrorKind>) {
     let me = r.identity.instance_id.as_str();
     let az = r.identity.availability_zone.as_str();
     let result = async {
@@ -66,9 +67,9 @@ pub async fn reconcile(
         Ok::<Step, AwsError>(step)
     }
     .await;
-    let ok = result.is_ok();
+    let failed = result.as_ref().err().map(|e| e.kind);
     shared.update(|s| s.note_ec2(result.as_ref().err()));
-    if ok && failing.over() {
+    if failed.is_none() && failing.over() {
         info!("this AZ's Elastic IP step succeeds again");
     }
     let (elastic_ip, next) = match result {
@@ -111,7 +112,7 @@ pub async fn reconcile(
         }
         s.dataplane.elastic_ip = elastic_ip;
     });
-    (next, ok)
+    (next, failed)
 }
 
 /// On a planned termination: frees this AZ's Elastic IP for the
@@ -158,7 +159,7 @@ mod tests {
         ec2.addresses.lock().unwrap().push(address(None));
         let shared = Shared::new();
         let next = reconcile(&ec2, &shared, &resolved(), &mut Repeats::default()).await;
-        assert_eq!(next, (RECHECK, true));
+        assert_eq!(next, (RECHECK, None));
         let eip = shared.read(|s| s.dataplane.elastic_ip.clone()).unwrap();
         assert_eq!(eip.state, ElasticIpState::Associated);
         assert_eq!(shared.metrics.elastic_ip_held.get(), 1);
@@ -184,7 +185,7 @@ mod tests {
         let shared = Shared::new();
         assert_eq!(
             reconcile(&ec2, &shared, &resolved(), &mut Repeats::default()).await,
-            (RETRY, true)
+            (RETRY, None)
         );
         let eip = shared.read(|s| s.dataplane.elastic_ip.clone()).unwrap();
         assert_eq!(eip.state, ElasticIpState::Held);

@@ -157,7 +157,7 @@ impl Coordinator {
                     self.shared.update(|s| s.ec2.backoff_ms = None);
                 }
                 Err(e) => {
-                    let wait = st.backoff.fail(jitter());
+                    let wait = st.backoff.fail(e.kind, jitter());
                     st.next_pass = Some(Instant::now() + wait);
                     self.shared.metrics.ec2_errors.inc();
                     if st.failing.due(&e.to_string(), Instant::now()) {

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use natron_contract::aws::ErrorKind;
 use natron_contract::readyz::Area;
 use natron_contract::status::{Conntrack, ConntrackDrops, Repair};
 use nftables::schema::NfListObject;
@@ -51,10 +52,14 @@ pub struct Memory {
     pub eip_failing: Repeats,
 }
 
-/// The wait after a failed EC2 step: at least `floor`, doubling to a minute.
-fn step_backoff(b: &mut Backoff, floor: Duration) -> Duration {
-    b.fail(natron_contract::aws::jitter(Duration::from_secs(1)).as_secs_f64())
-        .max(floor)
+/// The wait after a failed EC2 step: at least `floor`, doubling to a
+/// minute (to seconds while credentials are missing: `Backoff`).
+fn step_backoff(b: &mut Backoff, kind: ErrorKind, floor: Duration) -> Duration {
+    b.fail(
+        kind,
+        natron_contract::aws::jitter(Duration::from_secs(1)).as_secs_f64(),
+    )
+    .max(floor)
 }
 
 /// What `conntrack` remembers between passes.
@@ -363,7 +368,7 @@ impl Steps<'_> {
                 SOURCE_DEST_RECHECK
             }
             Ok(false) => Duration::ZERO,
-            Err(_) => step_backoff(&mut m.sdc_backoff, Duration::ZERO),
+            Err(e) => step_backoff(&mut m.sdc_backoff, e.kind, Duration::ZERO),
         };
         m.sdc_next = Some(Instant::now() + wait);
         match &result {
@@ -398,14 +403,15 @@ impl Steps<'_> {
         if m.eip_next.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let (next, ok) =
+        let (next, failed) =
             super::elastic_ip::reconcile(self.ec2, self.shared, self.resolved, &mut m.eip_failing)
                 .await;
-        let wait = if ok {
-            m.eip_backoff.succeed();
-            next
-        } else {
-            step_backoff(&mut m.eip_backoff, next)
+        let wait = match failed {
+            None => {
+                m.eip_backoff.succeed();
+                next
+            }
+            Some(kind) => step_backoff(&mut m.eip_backoff, kind, next),
         };
         m.eip_next = Some(Instant::now() + wait);
     }
