@@ -30,6 +30,9 @@ pub enum Area {
     /// No AWS credentials (no instance profile): no EC2 call can be made,
     /// so the NAT can neither claim routes nor take part in failover.
     Credentials,
+    /// Source ports towards one destination running out (a warning, never
+    /// a readiness problem: a peer would run out the same way).
+    SourcePorts,
     /// A switch only tests set.
     Test,
 }
@@ -50,6 +53,7 @@ impl Area {
             Area::ElasticIp => "elastic_ip",
             Area::HomeTable => "home_table",
             Area::Credentials => "credentials",
+            Area::SourcePorts => "source_ports",
             Area::Test => "test",
         }
     }

@@ -105,6 +105,58 @@ pub struct DataPlane {
     /// This AZ's Elastic IP; None when no address is tagged for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elastic_ip: Option<ElasticIp>,
+    /// How close new connections are to running out of source ports; None
+    /// until conntrack is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ports: Option<SourcePorts>,
+}
+
+/// Source ports, the NAT's scarce resource: a connection needs a source
+/// port of its own towards each destination (address, port, protocol),
+/// so thousands of calls to one API share `capacity` ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePorts {
+    /// Public addresses new connections are translated to.
+    pub addresses: u32,
+    /// Ports per address (`nat.port_range`).
+    pub per_address: u32,
+    /// Connections one destination can take: addresses x ports.
+    pub capacity: u64,
+    /// Packets of new connections dropped because no source port was free
+    /// towards their destination, since boot (the kernel's conntrack
+    /// `insert_failed`; each retransmitted SYN counts again, as the NAT
+    /// Gateway's ErrorPortAllocation counts attempts).
+    pub allocation_errors: u64,
+    /// The destinations with the most translated connections, busiest
+    /// first, from the last listing of the connection table (taken only
+    /// when one destination could hold 90 % of `capacity`, or ports ran
+    /// out, at most every 10 s); empty when no listing was needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub busiest: Vec<DestinationUse>,
+    /// When `busiest` was listed (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed_unix_ms: Option<u64>,
+}
+
+/// Translated connections towards one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationUse {
+    pub address: Ipv4Addr,
+    /// None for protocols without ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// As the kernel names it: tcp, udp, icmp...
+    pub protocol: String,
+    pub connections: u64,
+}
+
+impl std::fmt::Display for DestinationUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}/{}", self.address, self.protocol),
+            None => write!(f, "{}/{}", self.address, self.protocol),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,13 +203,19 @@ pub struct Conntrack {
     pub offloaded: Option<u64>,
 }
 
-/// Kernel counters of a full conntrack table, summed over CPUs.
+/// Kernel counters of new flows refused, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackDrops {
-    /// Packets dropped: no entry could be made for a new flow.
+    /// Packets dropped: no entry could be made for a new flow (a full
+    /// table, or no free source port: see `insert_failed`).
     pub drop: u64,
     /// Unconfirmed entries evicted to make room for new ones.
     pub early_drop: u64,
+    /// New entries that clashed with an existing one when confirmed: on a
+    /// NAT, a new connection that found no free source port towards its
+    /// destination.
+    #[serde(default)]
+    pub insert_failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -137,6 +137,19 @@ pub struct Plan<'a> {
 /// Opens up to `plan.total` connections to one destination at once and
 /// returns how many were established (and held together).
 pub fn concurrent_connections(plan: &Plan) -> Result<usize, LabError> {
+    hold_connections(plan).map(|h| h.established)
+}
+
+/// Connections held open by helper processes until this is dropped.
+pub struct HeldConnections {
+    /// How many were established (and are held together).
+    pub established: usize,
+    _helpers: Helpers,
+}
+
+/// Opens up to `plan.total` connections to one destination at once and
+/// keeps those established open until the result is dropped.
+pub fn hold_connections(plan: &Plan) -> Result<HeldConnections, LabError> {
     let deadline = Instant::now() + Duration::from_secs(180);
     let processes = plan.total.div_ceil(PER_PROCESS);
     let mut helpers = Helpers(Vec::new());
@@ -187,5 +200,8 @@ pub fn concurrent_connections(plan: &Plan) -> Result<usize, LabError> {
             .and_then(|n| n.parse::<usize>().ok())
             .ok_or_else(|| LabError::Setup(format!("{}: {line}", log.display())))?;
     }
-    Ok(held)
+    Ok(HeldConnections {
+        established: held,
+        _helpers: helpers,
+    })
 }

@@ -128,12 +128,14 @@ pub fn parse_conntrack_drops(text: &str) -> Option<ConntrackDrops> {
     let header: Vec<&str> = lines.next()?.split_whitespace().collect();
     let column = |name: &str| header.iter().position(|h| *h == name);
     let (drop, early) = (column("drop")?, column("early_drop")?);
+    let insert_failed = column("insert_failed");
     let mut sum = ConntrackDrops::default();
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let values: Vec<&str> = line.split_whitespace().collect();
         let hex = |i: usize| u64::from_str_radix(values.get(i)?, 16).ok();
         sum.drop += hex(drop)?;
         sum.early_drop += hex(early)?;
+        sum.insert_failed += insert_failed.and_then(hex).unwrap_or(0);
     }
     Some(sum)
 }
@@ -157,7 +159,8 @@ mod tests {
             parse_conntrack_drops(text),
             Some(ConntrackDrops {
                 drop: 16,
-                early_drop: 1
+                early_drop: 1,
+                insert_failed: 3,
             })
         );
         assert_eq!(parse_conntrack_drops("entries found\n1 2\n"), None);

@@ -10,6 +10,7 @@ pub mod health;
 pub mod kernel;
 pub mod listing;
 pub mod peer;
+pub mod ports;
 pub mod ruleset;
 pub mod schedule;
 pub mod settings;

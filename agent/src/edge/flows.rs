@@ -1,29 +1,28 @@
 //! Connection tracking's flows as `conntrack -L` (conntrack-tools) lists
-//! them, through the narrow [`Flows`] trait: how many are offloaded to
-//! the flowtable. The kernel keeps no counter of those; the listing marks
-//! each `[OFFLOAD]` (software) or `[HW_OFFLOAD]`.
+//! them, through the narrow [`Flows`] trait. The kernel keeps no counter of
+//! offloaded flows (the listing marks each `[OFFLOAD]`) nor of connections
+//! per destination: `core::kernel::count_offloaded` and
+//! `core::ports::busiest` read them off one listing.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::exec::{self, ExecError};
-use crate::core::kernel;
 
 #[async_trait]
 pub trait Flows: Send + Sync {
-    /// Flows on the flowtable fast path now.
-    async fn offloaded(&self) -> Result<u64, ExecError>;
+    /// Every tracked flow, one per line.
+    async fn list(&self) -> Result<String, ExecError>;
 }
 
-/// `conntrack -L`, parsed by [`kernel::count_offloaded`].
+/// `conntrack -L`.
 pub struct ConntrackCli;
 
 #[async_trait]
 impl Flows for ConntrackCli {
-    async fn offloaded(&self) -> Result<u64, ExecError> {
-        let out = exec::run("conntrack", &["-L"], None, Duration::from_secs(5)).await?;
-        Ok(kernel::count_offloaded(&out))
+    async fn list(&self) -> Result<String, ExecError> {
+        exec::run("conntrack", &["-L"], None, Duration::from_secs(5)).await
     }
 }
 
@@ -33,18 +32,18 @@ pub mod fake {
 
     use super::*;
 
-    /// Answers a set count; counts the calls.
+    /// Answers a set listing; counts the calls.
     #[derive(Default)]
     pub struct FakeFlows {
-        pub offloaded: Mutex<u64>,
+        pub listing: Mutex<String>,
         pub calls: Mutex<u32>,
     }
 
     #[async_trait]
     impl Flows for FakeFlows {
-        async fn offloaded(&self) -> Result<u64, ExecError> {
+        async fn list(&self) -> Result<String, ExecError> {
             *self.calls.lock().unwrap() += 1;
-            Ok(*self.offloaded.lock().unwrap())
+            Ok(self.listing.lock().unwrap().clone())
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub ec2_last_error: Arc<Mutex<Option<ApiError>>>,
     pub conntrack_drops: Counter,
     pub conntrack_early_drops: Counter,
+    pub port_allocation_errors: Counter,
+    pub source_port_capacity: Gauge,
     pub elastic_ip_held: Gauge,
     /// Last kernel counter readings, to turn them into monotonic counters
     /// across table replacements (which reset the kernel's).
@@ -99,6 +101,8 @@ impl Metrics {
             ec2_last_error: Arc::default(),
             conntrack_drops: Counter::default(),
             conntrack_early_drops: Counter::default(),
+            port_allocation_errors: Counter::default(),
+            source_port_capacity: Gauge::default(),
             elastic_ip_held: Gauge::default(),
             last_kernel: Mutex::new(BTreeMap::new()),
             last_interfaces: Mutex::new(None),
@@ -197,8 +201,18 @@ impl Metrics {
         );
         registry.register(
             "conntrack_drops",
-            "Packets dropped because the conntrack table was full (kernel counter)",
+            "Packets of new flows dropped because no conntrack entry could be made: a full table or no free source port (kernel counter)",
             m.conntrack_drops.clone(),
+        );
+        registry.register(
+            "nat_port_allocation_errors",
+            "Packets of new connections dropped because no source port was free towards their destination (kernel conntrack insert_failed; the NAT Gateway's ErrorPortAllocation)",
+            m.port_allocation_errors.clone(),
+        );
+        registry.register(
+            "nat_source_port_capacity",
+            "Connections one destination can take: public addresses x ports in nat.port_range",
+            m.source_port_capacity.clone(),
         );
         registry.register(
             "conntrack_early_drops",

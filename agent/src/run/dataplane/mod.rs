@@ -1,6 +1,6 @@
 //! The data-plane loop: every `nat.reconcile_interval`, the ruleset, the
-//! sysctls, conntrack's fill, the source/dest check and the AZ's Elastic
-//! IP, each a step of one shape (`&self` plus the loop's [`Memory`]) that
+//! sysctls, the connection table (`conntrack`: fill, drops, source ports),
+//! the source/dest check and the AZ's Elastic IP, each a step of one shape (`&self` plus the loop's [`Memory`]) that
 //! reads live state, changes only the difference and reports into
 //! [`Shared`]. Every step is safe to repeat after a crash.
 
@@ -8,20 +8,21 @@ use std::time::{Duration, Instant};
 
 use natron_contract::aws::ErrorKind;
 use natron_contract::readyz::Area;
-use natron_contract::status::{Conntrack, ConntrackDrops, Repair};
+use natron_contract::status::Repair;
 use nftables::schema::NfListObject;
 use tracing::{error, info, warn};
 
 use super::boot::Resolved;
 use super::ruleset::{Pass, Reconciler};
 use super::{unix_ms, Edges, Options};
-use crate::core::kernel;
 use crate::core::schedule::{Backoff, Repeats};
 use crate::edge::ec2::{AwsError, Ec2};
 use crate::edge::sysctl::{self, Outcome};
-use crate::report::metrics::counter_increase;
 use crate::report::notify;
 use crate::report::status::Shared;
+
+mod conntrack;
+pub use conntrack::ConntrackWatch;
 
 /// How often a verified-disabled source/dest check is read again: someone
 /// may turn it back on, which silently blackholes forwarded traffic.
@@ -62,22 +63,6 @@ fn step_backoff(b: &mut Backoff, kind: ErrorKind, floor: Duration) -> Duration {
     .max(floor)
 }
 
-/// What `conntrack` remembers between passes.
-#[derive(Default)]
-pub struct ConntrackWatch {
-    last: Option<ConntrackDrops>,
-    nearly_full: bool,
-    last_drop_warning: Option<Instant>,
-    /// Offloaded flows as last read, and when to read them next.
-    offloaded: Option<u64>,
-    offloaded_next: Option<Instant>,
-    offloaded_failing: Repeats,
-}
-
-/// How often offloaded flows are counted: a listing of every flow, so not
-/// every pass.
-const OFFLOADED_EVERY: Duration = Duration::from_secs(10);
-
 /// The steps, over the edges and what boot resolved.
 pub struct Steps<'a> {
     pub edges: &'a Edges,
@@ -104,8 +89,8 @@ impl Steps<'_> {
     pub async fn pass(&self, m: &mut Memory) {
         self.ruleset(m).await;
         self.sysctls();
-        self.offloaded(m).await;
         self.conntrack(m);
+        self.listing(m).await;
         self.source_dest_check(m).await;
         self.elastic_ip(m).await;
         let state = self.shared.snapshot();
@@ -248,86 +233,6 @@ impl Steps<'_> {
                     .insert(Area::Sysctl, required_failures.join("; "));
             }
         });
-    }
-
-    /// Conntrack fill and drops: gauges, counters, /status, and warnings
-    /// when the table nears full or refuses flows. A full table costs new
-    /// flows, never the agent: nothing here fails.
-    pub fn conntrack(&self, m: &mut Memory) {
-        let w = &mut m.conntrack;
-        let sys = self.edges.sysctl.as_ref();
-        let Some((count, max)) = sysctl::conntrack_usage(sys) else {
-            return;
-        };
-        let metrics = &self.shared.metrics;
-        metrics.conntrack_entries.set(count as i64);
-        metrics.conntrack_max.set(max as i64);
-        let drops = sys
-            .conntrack_stats()
-            .ok()
-            .and_then(|t| kernel::parse_conntrack_drops(&t));
-        if let Some(d) = drops {
-            let last = w.last.unwrap_or_default();
-            let new_drops = counter_increase(d.drop, last.drop);
-            let new_early = counter_increase(d.early_drop, last.early_drop);
-            metrics.conntrack_drops.inc_by(new_drops);
-            metrics.conntrack_early_drops.inc_by(new_early);
-            let quiet = w
-                .last_drop_warning
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
-            if w.last.is_some() && new_drops > 0 && !quiet {
-                warn!(
-                    dropped = new_drops,
-                    entries = count,
-                    max,
-                    "conntrack table full: new flows are being dropped (raise conntrack.max or conntrack.memory_percent)"
-                );
-                w.last_drop_warning = Some(Instant::now());
-            }
-            w.last = Some(d);
-        }
-        let nearly_full = kernel::conntrack_nearly_full(count, max);
-        if nearly_full != w.nearly_full {
-            if nearly_full {
-                warn!(
-                    entries = count,
-                    max, "conntrack table at 90 % or more of its limit"
-                );
-            } else {
-                info!(entries = count, max, "conntrack table below 90 % again");
-            }
-            w.nearly_full = nearly_full;
-        }
-        let status = Conntrack {
-            entries: count,
-            max,
-            drops: w.last.unwrap_or_default(),
-            nearly_full,
-            offloaded: w.offloaded,
-        };
-        self.shared.update(|s| s.dataplane.conntrack = Some(status));
-    }
-
-    /// Counts the flows on the flowtable fast path, when there is one.
-    pub async fn offloaded(&self, m: &mut Memory) {
-        let w = &mut m.conntrack;
-        if !self.resolved.spec.flowtable || w.offloaded_next.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
-        w.offloaded_next = Some(Instant::now() + OFFLOADED_EVERY);
-        match self.edges.flows.offloaded().await {
-            Ok(n) => {
-                w.offloaded = Some(n);
-                w.offloaded_failing.over();
-                self.shared.metrics.conntrack_offloaded.set(n as i64);
-            }
-            Err(e) => {
-                w.offloaded = None;
-                if w.offloaded_failing.due(&e.to_string(), Instant::now()) {
-                    warn!(error = %e, "cannot count offloaded flows (said once a minute while it lasts)");
-                }
-            }
-        }
     }
 
     /// The instance's source/dest check, disabled and read back; looked at

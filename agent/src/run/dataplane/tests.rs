@@ -175,21 +175,12 @@ async fn a_throttled_step_backs_off_instead_of_asking_every_pass() {
 async fn conntrack_drops_become_counters() {
     let w = world();
     let mut m = Memory::default();
-    let header = "entries clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop\n";
-    let set = |drop: u64| {
-        let mut v = w.fakes.sysctl.values.lock().unwrap();
-        v.insert("net.netfilter.nf_conntrack_count".into(), "950".into());
-        v.insert("net.netfilter.nf_conntrack_max".into(), "1000".into());
-        v.insert(
-            "stat:nf_conntrack".into(),
-            format!("{header}0 0 0 0 0 0 0 0 0 0 {drop:x} 0\n"),
-        );
-    };
-    set(5);
+    set_conntrack(&w, 950, 1000, 0, 5);
     w.steps().conntrack(&mut m);
-    set(12);
+    set_conntrack(&w, 950, 1000, 0, 12);
     w.steps().conntrack(&mut m);
     assert_eq!(w.shared.metrics.conntrack_drops.get(), 12);
+    assert_eq!(w.shared.metrics.port_allocation_errors.get(), 0);
     let ct = w.shared.read(|s| s.dataplane.conntrack.clone()).unwrap();
     assert!(ct.nearly_full);
     assert_eq!(ct.drops.drop, 12);
@@ -199,18 +190,87 @@ async fn conntrack_drops_become_counters() {
 async fn offloaded_flows_are_counted_every_ten_seconds_with_a_flowtable_only() {
     let mut w = world();
     let mut m = Memory::default();
-    *w.fakes.flows.offloaded.lock().unwrap() = 7;
-    w.steps().offloaded(&mut m).await;
+    let line = "tcp 6 431999 ESTABLISHED src=10.0.1.5 dst=198.51.100.7 sport=51000 dport=443 src=198.51.100.7 dst=10.0.0.10 sport=443 dport=40000 [OFFLOAD] mark=0 use=2\n";
+    *w.fakes.flows.listing.lock().unwrap() = line.repeat(7);
+    w.steps().listing(&mut m).await;
     assert_eq!(*w.fakes.flows.calls.lock().unwrap(), 0, "no flowtable");
     w.resolved.spec.flowtable = true;
-    w.steps().offloaded(&mut m).await;
-    w.steps().offloaded(&mut m).await;
+    w.steps().listing(&mut m).await;
+    w.steps().listing(&mut m).await;
     assert_eq!(*w.fakes.flows.calls.lock().unwrap(), 1, "not every pass");
     assert_eq!(w.shared.metrics.conntrack_offloaded.get(), 7);
     assert_eq!(m.conntrack.offloaded, Some(7));
-    let next = m.conntrack.offloaded_next.unwrap();
+    let next = m.conntrack.listing_next.unwrap();
     assert!(next >= Instant::now() + Duration::from_secs(9));
-    m.conntrack.offloaded_next = Some(Instant::now());
-    w.steps().offloaded(&mut m).await;
+    m.conntrack.listing_next = Some(Instant::now());
+    w.steps().listing(&mut m).await;
     assert_eq!(*w.fakes.flows.calls.lock().unwrap(), 2);
+}
+
+/// /proc/net/stat/nf_conntrack with `insert_failed` and `drop` as given,
+/// `count` of `max` flows tracked.
+fn set_conntrack(w: &World, count: u64, max: u64, insert_failed: u64, drop: u64) {
+    let header = "entries clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop\n";
+    let mut v = w.fakes.sysctl.values.lock().unwrap();
+    v.insert("net.netfilter.nf_conntrack_count".into(), count.to_string());
+    v.insert("net.netfilter.nf_conntrack_max".into(), max.to_string());
+    v.insert(
+        "stat:nf_conntrack".into(),
+        format!("{header}0 0 0 0 0 0 0 0 0 {insert_failed:x} {drop:x} 0\n"),
+    );
+}
+
+#[tokio::test]
+async fn exhausted_source_ports_are_counted_and_their_destinations_named() {
+    let mut w = world();
+    w.resolved.spec.port_range = (40000, 40999);
+    let mut m = Memory::default();
+    let to = |dst: &str, sport: u32| {
+        format!("tcp 6 431999 ESTABLISHED src=10.0.1.5 dst={dst} sport={sport} dport=443 src={dst} dst=10.0.0.10 sport=443 dport={sport} [ASSURED] mark=0 use=1\n")
+    };
+    let mut listing: String = (0..1000).map(|i| to("198.51.100.7", 40000 + i)).collect();
+    listing.push_str(&to("198.51.100.8", 50000));
+    *w.fakes.flows.listing.lock().unwrap() = listing;
+
+    // Few flows, no refusals: nothing listed, no warning.
+    set_conntrack(&w, 100, 100_000, 0, 0);
+    w.steps().conntrack(&mut m);
+    w.steps().listing(&mut m).await;
+    assert_eq!(*w.fakes.flows.calls.lock().unwrap(), 0);
+    let ports = w.shared.read(|s| s.dataplane.source_ports.clone()).unwrap();
+    assert_eq!(ports.capacity, 1000);
+    assert!(ports.busiest.is_empty());
+    assert_eq!(w.shared.metrics.source_port_capacity.get(), 1000);
+
+    // Ports run out: 40 SYNs refused, counted apart from a full table, and
+    // the busiest destination named.
+    set_conntrack(&w, 1001, 100_000, 40, 40);
+    w.steps().conntrack(&mut m);
+    w.steps().listing(&mut m).await;
+    assert_eq!(*w.fakes.flows.calls.lock().unwrap(), 1);
+    assert_eq!(w.shared.metrics.port_allocation_errors.get(), 40);
+    let status = w.shared.snapshot();
+    let ports = status.dataplane.source_ports.clone().unwrap();
+    assert_eq!(ports.allocation_errors, 40);
+    assert_eq!(ports.busiest[0].to_string(), "198.51.100.7:443/tcp");
+    assert_eq!(ports.busiest[0].connections, 1000);
+    let warning = status
+        .warnings
+        .iter()
+        .find(|x| x.area == Area::SourcePorts)
+        .expect("a source-port warning");
+    assert!(
+        warning
+            .message
+            .starts_with("no free source port: 40 packet(s)"),
+        "{}",
+        warning.message
+    );
+
+    // Connections closed: the warning goes.
+    set_conntrack(&w, 10, 100_000, 40, 40);
+    w.steps().conntrack(&mut m);
+    let status = w.shared.snapshot();
+    assert!(status.warnings.iter().all(|x| x.area != Area::SourcePorts));
+    assert!(status.dataplane.source_ports.unwrap().busiest.is_empty());
 }
