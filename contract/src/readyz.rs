@@ -33,6 +33,9 @@ pub enum Area {
     /// Source ports towards one destination running out (a warning, never
     /// a readiness problem: a peer would run out the same way).
     SourcePorts,
+    /// Publishing metrics to CloudWatch (a warning, never a readiness
+    /// problem: the data plane does not depend on it).
+    CloudWatch,
     /// A switch only tests set.
     Test,
 }
@@ -54,6 +57,7 @@ impl Area {
             Area::HomeTable => "home_table",
             Area::Credentials => "credentials",
             Area::SourcePorts => "source_ports",
+            Area::CloudWatch => "cloudwatch",
             Area::Test => "test",
         }
     }

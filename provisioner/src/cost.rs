@@ -18,6 +18,8 @@ pub struct Prices {
     pub nat_gateway_gb: f64,
     pub public_ipv4_hour: f64,
     pub ebs_gp3_gb_month: f64,
+    pub cloudwatch_metric_month: f64,
+    pub cloudwatch_requests_1000: f64,
     pub internet_egress_gb: f64,
     pub instance_hour: BTreeMap<String, f64>,
 }
@@ -34,7 +36,14 @@ pub struct Layout {
     pub instance_type: String,
     pub root_gib: u32,
     pub gb_per_month: f64,
+    /// The agents publish the NAT Gateway's metrics to CloudWatch.
+    pub cloudwatch_metrics: bool,
 }
+
+/// The metrics each agent publishes (agent/src/core/cloudwatch.rs) and
+/// its PutMetricData calls a month (one a minute).
+pub const CLOUDWATCH_METRICS: u32 = 9;
+const PUTS_PER_MONTH: f64 = 60.0 * 730.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Line {
@@ -73,7 +82,7 @@ pub fn estimate(prices: &Prices, layout: &Layout) -> Result<Estimate, String> {
     let azs = f64::from(layout.azs);
     let month = prices.hours_per_month;
     let gb = layout.gb_per_month;
-    let lines = vec![
+    let mut lines = vec![
         Line {
             item: format!(
                 "{} × {} / NAT gateway hours",
@@ -103,6 +112,17 @@ pub fn estimate(prices: &Prices, layout: &Layout) -> Result<Estimate, String> {
             nat_gateway: gb * prices.internet_egress_gb,
         },
     ];
+    if layout.cloudwatch_metrics {
+        let per_nat = f64::from(CLOUDWATCH_METRICS) * prices.cloudwatch_metric_month
+            + PUTS_PER_MONTH / 1000.0 * prices.cloudwatch_requests_1000;
+        lines.push(Line {
+            item: format!(
+                "CloudWatch metrics ({CLOUDWATCH_METRICS} a NAT, 1 call a minute; the gateway's are free)"
+            ),
+            natron: azs * per_nat,
+            nat_gateway: 0.0,
+        });
+    }
     let natron_total: f64 = lines.iter().map(|l| l.natron).sum();
     let nat_gateway_total: f64 = lines.iter().map(|l| l.nat_gateway).sum();
     Ok(Estimate {
@@ -158,6 +178,7 @@ mod tests {
                 instance_type: "t4g.nano".into(),
                 root_gib: 4,
                 gb_per_month: 100.0,
+                cloudwatch_metrics: false,
             },
         )
         .unwrap();
@@ -166,6 +187,21 @@ mod tests {
         // 2 × 0.045 × 730 + 2 × 0.005 × 730 + 100 × 0.045 + 100 × 0.09
         assert!((e.nat_gateway_total - (65.7 + 7.3 + 4.5 + 9.0)).abs() < 1e-9);
         assert!(e.ratio < 0.3);
+        let with_metrics = estimate(
+            &prices,
+            &Layout {
+                azs: 2,
+                instance_type: "t4g.nano".into(),
+                root_gib: 4,
+                gb_per_month: 100.0,
+                cloudwatch_metrics: true,
+            },
+        )
+        .unwrap();
+        // 2 × (9 × 0.30 + 43.8 × 0.01)
+        let metrics = with_metrics.natron_total - e.natron_total;
+        assert!((metrics - 2.0 * (2.7 + 0.438)).abs() < 1e-9, "{metrics}");
+        assert_eq!(with_metrics.nat_gateway_total, e.nat_gateway_total);
     }
 
     #[test]
@@ -177,6 +213,7 @@ mod tests {
                 instance_type: "m9.huge".into(),
                 root_gib: 4,
                 gb_per_month: 1.0,
+                cloudwatch_metrics: false,
             },
         )
         .unwrap_err();

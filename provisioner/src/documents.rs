@@ -9,11 +9,12 @@ use crate::model::GROUP_TAG;
 /// scoped by resource in EC2; every write is limited to resources tagged
 /// with the group. The only instance attribute it may set is the
 /// source/destination check, and only to false; the only tag it may write
-/// is its heartbeat. (Scoping those two to the caller's own instance is
+/// is its heartbeat; with `cloudwatch_metrics`, it may publish metrics in
+/// natron's namespace only. (Scoping those two to the caller's own instance is
 /// not done yet: see docs/provisioner.md, "The agent's IAM policy".)
-pub fn agent_policy(group: &str, partition: &str) -> Value {
+pub fn agent_policy(group: &str, partition: &str, cloudwatch_metrics: bool) -> Value {
     let tagged = json!({ "StringEquals": { format!("ec2:ResourceTag/{GROUP_TAG}"): group } });
-    json!({
+    let mut policy = json!({
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -68,8 +69,24 @@ pub fn agent_policy(group: &str, partition: &str) -> Value {
                 "Condition": tagged
             }
         ]
-    })
+    });
+    if cloudwatch_metrics {
+        // PutMetricData has no resources to scope; its namespace can be.
+        let statements = policy["Statement"].as_array_mut().expect("a list");
+        statements.push(json!({
+            "Sid": "PublishNatMetrics",
+            "Effect": "Allow",
+            "Action": "cloudwatch:PutMetricData",
+            "Resource": "*",
+            "Condition": { "StringEquals": { "cloudwatch:namespace": METRICS_NAMESPACE } }
+        }));
+    }
+    policy
 }
+
+/// Where the agents publish their metrics (the agent's default
+/// `metrics.cloudwatch.namespace`).
+pub const METRICS_NAMESPACE: &str = "natron";
 
 /// The actions a policy's Allow statements name (`ec2:CreateRoute`…).
 pub fn allowed_actions(policy: &Value) -> std::collections::BTreeSet<String> {
@@ -105,12 +122,16 @@ pub fn trust_policy() -> Value {
 
 /// The agent's configuration file (docs/agent-config.md), carried as the
 /// instance's user data. Everything else keeps the agent's defaults.
-pub fn agent_config(group: &str) -> String {
-    format!(
+pub fn agent_config(group: &str, cloudwatch_metrics: bool) -> String {
+    let mut config = format!(
         "# natron-agent configuration, written by `natron apply` for group {group}.\n\
          # Keys: docs/agent-config.md.\n\
          group = \"{group}\"\n"
-    )
+    );
+    if cloudwatch_metrics {
+        config.push_str("\n[metrics.cloudwatch]\nenabled = true\n");
+    }
+    config
 }
 
 #[cfg(test)]
@@ -119,7 +140,7 @@ mod tests {
 
     #[test]
     fn every_write_is_scoped_to_the_group_and_attributes_to_source_dest_check() {
-        let policy = agent_policy("g", "aws");
+        let policy = agent_policy("g", "aws", false);
         for statement in policy["Statement"].as_array().unwrap() {
             let actions = statement["Action"].to_string();
             if actions.contains("Describe") {
@@ -146,6 +167,32 @@ mod tests {
         assert_eq!(
             attribute["Condition"]["StringEquals"]["ec2:Attribute/SourceDestCheck"],
             "false"
+        );
+    }
+
+    #[test]
+    fn metrics_are_published_only_when_asked_and_only_in_natrons_namespace() {
+        assert!(!agent_policy("g", "aws", false)
+            .to_string()
+            .contains("cloudwatch"));
+        assert!(!agent_config("g", false).contains("metrics"));
+        let policy = agent_policy("g", "aws", true);
+        let publish = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Action"] == "cloudwatch:PutMetricData")
+            .unwrap();
+        assert_eq!(
+            publish["Condition"]["StringEquals"]["cloudwatch:namespace"],
+            "natron"
+        );
+        // The agent reads the user data as its configuration: it must parse
+        // and turn publishing on.
+        let config: toml::Value = toml::from_str(&agent_config("g", true)).unwrap();
+        assert_eq!(
+            config["metrics"]["cloudwatch"]["enabled"].as_bool(),
+            Some(true)
         );
     }
 }

@@ -30,6 +30,7 @@ async fn apply_check_break_destroy() {
         "--private",
         &new_private,
         "--elastic-ip",
+        "--cloudwatch-metrics",
         "--wait-timeout",
         "60s",
     ];
@@ -66,7 +67,7 @@ async fn apply_check_break_destroy() {
     assert!(tagged_g1(&role.tags));
     assert_eq!(
         role.policies["natron-agent"],
-        natron::documents::agent_policy("g1", "aws")
+        natron::documents::agent_policy("g1", "aws", true)
     );
     assert!(tagged_g1(&inv.instance_profile.as_ref().unwrap().tags));
     let lt = inv.launch_template.as_ref().unwrap();
@@ -74,6 +75,13 @@ async fn apply_check_break_destroy() {
     let launch = lt.latest.as_ref().unwrap();
     assert_eq!(launch.security_group_id, sg.id);
     assert!(launch.user_data.contains("group = \"g1\""));
+    assert!(
+        launch
+            .user_data
+            .contains("[metrics.cloudwatch]\nenabled = true"),
+        "{}",
+        launch.user_data
+    );
     assert_eq!(inv.auto_scaling_groups.len(), 2);
     for g in &inv.auto_scaling_groups {
         assert!(tagged_g1(&g.tags));
@@ -546,6 +554,7 @@ async fn interrupted_apply_resumes_cleanly() {
         public_subnets: vec![],
         instance_type: "t4g.nano".into(),
         elastic_ips: false,
+        cloudwatch_metrics: false,
         remove: vec![],
     };
     let plan = |cloud: Aws| {

@@ -6,8 +6,13 @@ use natron::documents::agent_policy;
 #[test]
 fn parliament_finds_nothing_in_the_agent_policy() {
     let parliament = natron_lab::emulator::venv_tool("parliament").unwrap();
-    for partition in ["aws", "aws-cn", "aws-us-gov"] {
-        let policy = agent_policy("prod", partition).to_string();
+    for (partition, metrics) in [
+        ("aws", false),
+        ("aws", true),
+        ("aws-cn", true),
+        ("aws-us-gov", true),
+    ] {
+        let policy = agent_policy("prod", partition, metrics).to_string();
         let out = std::process::Command::new(&parliament)
             .args(["--string", &policy])
             .stdin(std::process::Stdio::null())
@@ -16,7 +21,7 @@ fn parliament_finds_nothing_in_the_agent_policy() {
         let findings = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && findings.trim().is_empty(),
-            "parliament on the {partition} policy: {}\n{findings}{}",
+            "parliament on the {partition} policy (metrics {metrics}): {}\n{findings}{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );

@@ -3,9 +3,17 @@
 
 #[test]
 fn the_user_data_natron_apply_writes_is_a_valid_agent_configuration() {
-    let text = natron::documents::agent_config("prod-1");
-    let settings = natron_agent::core::config::Config::parse("user-data", &text)
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(settings.group.as_deref(), Some("prod-1"));
-    assert_eq!(settings.listen.port(), natron_contract::AGENT_PORT);
+    for metrics in [false, true] {
+        let text = natron::documents::agent_config("prod-1", metrics);
+        let settings = natron_agent::core::config::Config::parse("user-data", &text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(settings.group.as_deref(), Some("prod-1"));
+        assert_eq!(settings.listen.port(), natron_contract::AGENT_PORT);
+        // The policy lets the agent publish where its configuration says.
+        let namespace = settings.cloudwatch.map(|c| c.namespace);
+        assert_eq!(
+            namespace.as_deref(),
+            metrics.then_some(natron::documents::METRICS_NAMESPACE)
+        );
+    }
 }

@@ -40,6 +40,7 @@ fn agents_serve_the_tables_of_an_exported_stack() {
                 public_subnets: vec![],
                 instance_type: "t4g.nano".into(),
                 elastic_ips: false,
+                cloudwatch_metrics: false,
                 remove: vec![],
             };
             let image = Image {

@@ -26,6 +26,37 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     pub ec2: Ec2Config,
     pub failover: FailoverConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Where metrics go besides `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub cloudwatch: CloudWatchConfig,
+}
+
+/// The NAT Gateway's metrics in CloudWatch (`run::cloudwatch`). Off by
+/// default: custom metrics are billed per metric and month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudWatchConfig {
+    pub enabled: bool,
+    /// The namespace the metrics are published in.
+    pub namespace: String,
+    /// How often one PutMetricData call publishes them all.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for CloudWatchConfig {
+    fn default() -> Self {
+        CloudWatchConfig {
+            enabled: false,
+            namespace: "natron".into(),
+            interval: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -370,13 +401,17 @@ max_attempts = 3
         config.conntrack.max = Some(1024);
         config.ec2.endpoint_url = Some("http://x".into());
         let value = toml::Value::try_from(&config).unwrap();
-        let mut keys = Vec::new();
-        for (k, v) in value.as_table().unwrap() {
-            match v.as_table() {
-                Some(t) => keys.extend(t.keys().map(|sub| format!("{k}.{sub}"))),
-                None => keys.push(k.clone()),
+        fn keys_of(prefix: &str, table: &toml::Table, keys: &mut Vec<String>) {
+            for (k, v) in table {
+                let key = format!("{prefix}{k}");
+                match v.as_table() {
+                    Some(t) => keys_of(&format!("{key}."), t, keys),
+                    None => keys.push(key),
+                }
             }
         }
+        let mut keys = Vec::new();
+        keys_of("", value.as_table().unwrap(), &mut keys);
         assert!(keys.len() > 15);
         for key in keys {
             assert!(

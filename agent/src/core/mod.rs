@@ -4,6 +4,7 @@
 //! the kernel settings. Imports only the model.
 
 pub mod address;
+pub mod cloudwatch;
 pub mod config;
 pub mod failover;
 pub mod health;

@@ -1,9 +1,10 @@
 //! Layer 2, the edges: every side effect on the world outside the agent,
 //! each behind a narrow trait with one real implementation and one fake
-//! (EC2, IMDS, nftables, sysctls), plus the probes' network I/O. Edges
+//! (EC2, CloudWatch, IMDS, nftables, sysctls), plus the probes' network I/O. Edges
 //! import only the model and the pure core; never the reporting side or
 //! the loops. `exec` is the only module that spawns processes.
 
+pub mod cloudwatch;
 pub mod ec2;
 pub mod exec;
 pub mod flows;
@@ -13,4 +14,5 @@ pub mod lifecycle;
 pub mod memo;
 pub mod nft;
 pub mod probe;
+pub mod sdk;
 pub mod sysctl;

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use natron_contract::status::ApiError;
+use natron_contract::status::{ApiError, MoveKind};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::core::cloudwatch::Sample;
 use crate::core::ruleset::rule;
 use crate::model::Labels;
 
@@ -54,6 +55,8 @@ pub struct Metrics {
     pub conntrack_early_drops: Counter,
     pub port_allocation_errors: Counter,
     pub source_port_capacity: Gauge,
+    pub cloudwatch_publications: Counter,
+    pub cloudwatch_failures: Counter,
     pub elastic_ip_held: Gauge,
     /// Last kernel counter readings, to turn them into monotonic counters
     /// across table replacements (which reset the kernel's).
@@ -103,6 +106,8 @@ impl Metrics {
             conntrack_early_drops: Counter::default(),
             port_allocation_errors: Counter::default(),
             source_port_capacity: Gauge::default(),
+            cloudwatch_publications: Counter::default(),
+            cloudwatch_failures: Counter::default(),
             elastic_ip_held: Gauge::default(),
             last_kernel: Mutex::new(BTreeMap::new()),
             last_interfaces: Mutex::new(None),
@@ -210,6 +215,16 @@ impl Metrics {
             m.port_allocation_errors.clone(),
         );
         registry.register(
+            "cloudwatch_publications",
+            "PutMetricData calls CloudWatch took (metrics.cloudwatch)",
+            m.cloudwatch_publications.clone(),
+        );
+        registry.register(
+            "cloudwatch_failures",
+            "PutMetricData calls that failed (the next publication carries their counts)",
+            m.cloudwatch_failures.clone(),
+        );
+        registry.register(
             "nat_source_port_capacity",
             "Connections one destination can take: public addresses x ports in nat.port_range",
             m.source_port_capacity.clone(),
@@ -249,6 +264,36 @@ impl Metrics {
             last.insert(rule.clone(), (packets, bytes));
         }
         own
+    }
+
+    /// The counters and gauges CloudWatch is told about, now.
+    pub fn cloudwatch_sample(&self) -> Sample {
+        let rule = |name: &str| {
+            self.rule_packets
+                .get_or_create(&vec![("rule".to_string(), name.to_string())])
+                .get()
+        };
+        let dropped_by_rules: u64 = [rule::DROP_INVALID, rule::DROP_LINK_LOCAL, rule::DROP_OTHER]
+            .into_iter()
+            .map(rule)
+            .sum();
+        Sample {
+            active_connections: self.conntrack_entries.get().max(0) as u64,
+            connection_attempts: self.nat_connections.get(),
+            port_allocation_errors: self.port_allocation_errors.get(),
+            packets_dropped: self.conntrack_drops.get() + dropped_by_rules,
+            bytes_forwarded: self.nat_bytes.get(),
+            packets_forwarded: self.nat_packets.get(),
+            ready: self.ready.get() == 1,
+            routes_owned: self.routes_owned.get().max(0) as u64,
+            takeovers: self
+                .route_moves
+                .get_or_create(&vec![(
+                    "kind".to_string(),
+                    MoveKind::Takeover.name().to_string(),
+                )])
+                .get(),
+        }
     }
 
     /// Forwarded traffic from the interfaces' totals (packets, bytes over

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tracing::{error, info};
 
 pub mod boot;
+pub mod cloudwatch;
 pub mod coordinator;
 pub mod dataplane;
 pub mod elastic_ip;
@@ -35,6 +36,7 @@ use self::dataplane::Steps;
 use self::prober::Prober;
 use self::supervisor::{InjectedPanic, Supervisor, TaskEnded};
 use crate::core::settings::Settings;
+use crate::edge::cloudwatch::{AwsCloudWatch, Publish};
 use crate::edge::ec2::aws::{AwsEc2, Counters};
 use crate::edge::ec2::Ec2;
 use crate::edge::flows::{ConntrackCli, Flows};
@@ -63,6 +65,8 @@ pub struct Options {
 
 pub type Ec2Factory =
     Box<dyn Fn(&Identity) -> Pin<Box<dyn Future<Output = Arc<dyn Ec2>> + Send>> + Send + Sync>;
+pub type PublishFactory =
+    Box<dyn Fn(&Identity) -> Pin<Box<dyn Future<Output = Arc<dyn Publish>> + Send>> + Send + Sync>;
 
 /// The kernel and cloud edges the agent works through.
 pub struct Edges {
@@ -71,6 +75,9 @@ pub struct Edges {
     pub sysctl: Arc<dyn Sysctl>,
     pub flows: Arc<dyn Flows>,
     pub ec2: Ec2Factory,
+    /// CloudWatch in the instance's region (made only with
+    /// `metrics.cloudwatch` on).
+    pub cloudwatch: PublishFactory,
 }
 
 impl Edges {
@@ -97,6 +104,12 @@ impl Edges {
                     Arc::new(AwsEc2::new(&region, retry, endpoint.as_deref(), counters).await)
                         as Arc<dyn Ec2>
                 })
+            }),
+            cloudwatch: Box::new(|identity| {
+                let region = identity.region.clone();
+                Box::pin(
+                    async move { Arc::new(AwsCloudWatch::new(&region).await) as Arc<dyn Publish> },
+                )
             }),
         }
     }
@@ -213,6 +226,14 @@ impl Agent {
             probe_now,
         ));
         coordinator::spawn(&coordinator, self.settings.listen.port(), &mut tasks);
+        if let Some(settings) = &self.settings.cloudwatch {
+            let sink = (self.edges.cloudwatch)(&resolved.identity).await;
+            let dimensions = cloudwatch::dimensions(&id.instance_id, &resolved.group);
+            tasks.spawn(
+                "cloudwatch",
+                cloudwatch::publish(sink, self.shared.clone(), settings.clone(), dimensions),
+            );
+        }
         let steps = Steps {
             edges: &self.edges,
             shared: &self.shared,
@@ -346,6 +367,12 @@ pub(crate) mod tests {
             sysctl: sysctl.clone(),
             flows: flows.clone(),
             ec2: Box::new(|_| Box::pin(async { Arc::new(FakeEc2::default()) as Arc<dyn Ec2> })),
+            cloudwatch: Box::new(|_| {
+                Box::pin(async {
+                    Arc::new(crate::edge::cloudwatch::fake::FakeCloudWatch::default())
+                        as Arc<dyn Publish>
+                })
+            }),
         };
         (edges, Fakes { nft, sysctl, flows })
     }

@@ -170,7 +170,7 @@ pub fn cloudformation(
             "Type": "AWS::IAM::Policy",
             "Properties": {
                 "PolicyName": Names::POLICY,
-                "PolicyDocument": documents::agent_policy(group, partition),
+                "PolicyDocument": documents::agent_policy(group, partition, layout.cloudwatch_metrics),
                 "Roles": [{ "Ref": "AgentRole" }],
             }
         }),
@@ -212,7 +212,7 @@ pub fn cloudformation(
                         "HttpEndpoint": "enabled",
                         "InstanceMetadataTags": "enabled",
                     },
-                    "UserData": base64(&documents::agent_config(group)),
+                    "UserData": base64(&documents::agent_config(group, layout.cloudwatch_metrics)),
                     "TagSpecifications": [
                         group_tag("instance"),
                         group_tag("volume"),

@@ -7,6 +7,7 @@ use crate::model::{Association, Route, RouteTable};
 fn export(inv: &Inventory) -> Export {
     let mut req = fixtures::request();
     req.elastic_ips = true;
+    req.cloudwatch_metrics = true;
     let l = layout::resolve(&req, inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
     cloudformation(&l, inv, "aws", 9100)
 }
@@ -49,7 +50,7 @@ fn every_resource_of_apply_is_in_the_template_tagged_alike() {
     let r = &e.template["Resources"];
     assert_eq!(
         r["AgentPolicy"]["Properties"]["PolicyDocument"],
-        documents::agent_policy("g", "aws")
+        documents::agent_policy("g", "aws", true)
     );
     assert_eq!(
         r["NatGroupAzB"]["Properties"]["LifecycleHookSpecificationList"][0]["LifecycleHookName"],

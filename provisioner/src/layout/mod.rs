@@ -62,6 +62,8 @@ pub struct Request {
     pub public_subnets: Vec<String>,
     pub instance_type: String,
     pub elastic_ips: bool,
+    /// The agents publish the NAT Gateway's metrics to CloudWatch.
+    pub cloudwatch_metrics: bool,
     /// Served subnets to stop serving (`--remove-private`).
     pub remove: Vec<String>,
 }
@@ -73,6 +75,7 @@ pub struct Layout {
     pub image: Image,
     pub instance_type: String,
     pub elastic_ips: bool,
+    pub cloudwatch_metrics: bool,
     pub zones: Vec<Zone>,
     /// Subnets the group serves today and stops serving.
     pub released: Vec<Released>,
@@ -371,6 +374,7 @@ pub fn resolve(
             image,
             instance_type: req.instance_type.clone(),
             elastic_ips: req.elastic_ips,
+            cloudwatch_metrics: req.cloudwatch_metrics,
             zones,
             released,
             stale_tables,

@@ -74,6 +74,7 @@ pub fn request() -> Request {
         public_subnets: vec![],
         instance_type: DEFAULT_INSTANCE_TYPE.into(),
         elastic_ips: false,
+        cloudwatch_metrics: false,
         remove: vec![],
     }
 }

@@ -155,7 +155,7 @@ pub fn plan(
 
     // IAM.
     let role_name = Names::role(group);
-    let policy = documents::agent_policy(group, partition);
+    let policy = documents::agent_policy(group, partition, layout.cloudwatch_metrics);
     match adopt(
         inv.role.as_ref(),
         |r| (&r.tags, None),
@@ -220,7 +220,7 @@ pub fn plan(
         instance_type: layout.instance_type.clone(),
         instance_profile: profile_name,
         security_group: sg_ref.clone(),
-        user_data: documents::agent_config(group),
+        user_data: documents::agent_config(group, layout.cloudwatch_metrics),
     };
     let lt_name = Names::launch_template(group);
     let template_ref = match adopt(

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
@@ -133,21 +132,7 @@ impl AwsEc2 {
         endpoint_url: Option<&str>,
         counters: Counters,
     ) -> AwsEc2 {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let config = loader
-            .region(aws_config::Region::new(region.to_string()))
-            .retry_config(aws_config::retry::RetryConfig::disabled())
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .build(),
-            )
-            .load()
-            .await;
+        let config = crate::edge::sdk::config(region, endpoint_url).await;
         AwsEc2 {
             client: aws_sdk_ec2::Client::new(&config),
             retry,

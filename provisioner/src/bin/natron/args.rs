@@ -38,7 +38,7 @@ pub enum Cmd {
     /// changes nothing.
     Plan {
         /// Show the removal plan of `destroy` instead.
-        #[arg(long, conflicts_with_all = ["azs", "private", "remove_private", "public_subnets", "ami", "ami_name", "ami_owner", "elastic_ip"])]
+        #[arg(long, conflicts_with_all = ["azs", "private", "remove_private", "public_subnets", "ami", "ami_name", "ami_owner", "elastic_ip", "cloudwatch_metrics"])]
         destroy: bool,
         #[command(flatten)]
         topology: Topology,
@@ -99,6 +99,9 @@ pub enum Cmd {
         /// Root volume of each NAT, GiB.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16384))]
         root_gib: u32,
+        /// Include the NAT Gateway's metrics in CloudWatch (`apply --cloudwatch-metrics`).
+        #[arg(long)]
+        cloudwatch_metrics: bool,
     },
 }
 
@@ -174,4 +177,8 @@ pub struct Topology {
     /// Give each AZ's NAT an Elastic IP (a stable egress address).
     #[arg(long)]
     pub elastic_ip: bool,
+    /// The agents publish the NAT Gateway's metrics to CloudWatch
+    /// (namespace natron; about $3 a NAT a month: `natron cost`).
+    #[arg(long)]
+    pub cloudwatch_metrics: bool,
 }

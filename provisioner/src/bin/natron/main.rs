@@ -92,6 +92,7 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
         azs,
         instance_type,
         root_gib,
+        cloudwatch_metrics,
     } = &cli.command
     {
         let e = cost::estimate(
@@ -101,6 +102,7 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
                 instance_type: instance_type.clone(),
                 root_gib: *root_gib,
                 gb_per_month: *gb_per_month,
+                cloudwatch_metrics: *cloudwatch_metrics,
             },
         )
         .map_err(BadInput)?;
@@ -310,6 +312,7 @@ async fn prepare(
         public_subnets: t.public_subnets.clone(),
         instance_type: t.instance_type.clone(),
         elastic_ips: t.elastic_ip,
+        cloudwatch_metrics: t.cloudwatch_metrics,
         remove: t.remove_private.clone(),
     };
     let layout = layout::resolve(&request, &inv, image, &architectures)

@@ -49,8 +49,16 @@ pub struct Settings {
     pub conntrack: ConntrackConfig,
     pub ec2: Ec2,
     pub failover: FailoverConfig,
+    /// None: metrics are not published to CloudWatch.
+    pub cloudwatch: Option<CloudWatch>,
     /// The configuration as written, for /status.
     pub file: Config,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudWatch {
+    pub namespace: String,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -261,6 +269,23 @@ impl Config {
                 "must be an http:// or https:// URL",
             );
         }
+        let cw = &self.metrics.cloudwatch;
+        // CloudWatch's own rules for a namespace; AWS/ is for AWS services.
+        p.check(
+            (1..=255).contains(&cw.namespace.len())
+                && cw.namespace.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || " .-_/#:".contains(c)
+                })
+                && !cw.namespace.starts_with("AWS/")
+                && !cw.namespace.starts_with(':'),
+            "metrics.cloudwatch.namespace",
+            "must be 1 to 255 letters, digits or . - _ / # : and space, not starting with AWS/ or :",
+        );
+        p.check(
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&cw.interval),
+            "metrics.cloudwatch.interval",
+            "must be between 1s and 1h",
+        );
         if !p.0.is_empty() {
             return Err(p.0);
         }
@@ -292,6 +317,10 @@ impl Config {
                 endpoint_url: e.endpoint_url.clone(),
             },
             failover: f.clone(),
+            cloudwatch: cw.enabled.then(|| CloudWatch {
+                namespace: cw.namespace.clone(),
+                interval: cw.interval,
+            }),
             file: self.clone(),
         })
     }
@@ -402,85 +431,4 @@ fn line_of_key(text: &str, dotted: &str) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Settings, ConfigError> {
-        Config::parse("agent.toml", text)
-    }
-
-    fn problems(text: &str) -> Vec<(String, usize)> {
-        match parse(text) {
-            Err(ConfigError::Invalid { problems, .. }) => {
-                problems.into_iter().map(|p| (p.key, p.line)).collect()
-            }
-            other => panic!("{text:?}: expected Invalid, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn semantic_errors_name_key_and_line() {
-        let cases = [
-            ("[health]\ninterval = \"1s\"\nrise = 0\n", "health.rise", 3),
-            ("[health]\nfall = 0\n", "health.fall", 2),
-            ("[health]\ntargets = [\"ftp://x\"]\n", "health.targets", 2),
-            (
-                "[health]\ntargets = [\"tcp://a:1\"]\nmin_passing = 2\n",
-                "health.min_passing",
-                3,
-            ),
-            ("[nat]\nport_range = \"5000-100\"\n", "nat.port_range", 2),
-            ("[nat]\nport_range = \"0-100\"\n", "nat.port_range", 2),
-            (
-                "[nat]\negress_interface = \"a/b\"\n",
-                "nat.egress_interface",
-                2,
-            ),
-            ("[nat]\nsource_cidrs = []\n", "nat.source_cidrs", 2),
-            (
-                "[conntrack]\nmemory_percent = 90\n",
-                "conntrack.memory_percent",
-                2,
-            ),
-            ("[conntrack]\nmax = 10\n", "conntrack.max", 2),
-            ("group = \"\"\n", "group", 1),
-            ("[ec2]\nmax_attempts = 0\n", "ec2.max_attempts", 2),
-            ("[ec2]\nendpoint_url = \"ftp://x\"\n", "ec2.endpoint_url", 2),
-            (
-                "[failover]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"1500ms\"\n",
-                "failover.heartbeat_timeout",
-                3,
-            ),
-            ("[failover]\npeer_fall = 0\n", "failover.peer_fall", 2),
-        ];
-        for (text, key, line) in cases {
-            assert_eq!(problems(text), vec![(key.to_string(), line)], "{text:?}");
-        }
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let text = "[health]\nrise = 0\nfall = 0\n[nat]\nport_range = \"x\"\n";
-        assert_eq!(
-            problems(text),
-            vec![
-                ("health.rise".to_string(), 2),
-                ("health.fall".to_string(), 3),
-                ("nat.port_range".to_string(), 5)
-            ]
-        );
-        let message = parse(text).unwrap_err().to_string();
-        assert_eq!(message.lines().count(), 3, "{message}");
-        assert!(
-            message.starts_with("agent.toml:2: key `health.rise`"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn port_range_parses() {
-        assert_eq!(parse_port_range("1024-65535"), Ok((1024, 65535)));
-        assert!(parse_port_range("1024").is_err());
-        assert!(parse_port_range("a-b").is_err());
-    }
-}
+mod tests;

@@ -1,0 +1,103 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Settings, ConfigError> {
+    Config::parse("agent.toml", text)
+}
+
+fn problems(text: &str) -> Vec<(String, usize)> {
+    match parse(text) {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.into_iter().map(|p| (p.key, p.line)).collect()
+        }
+        other => panic!("{text:?}: expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn semantic_errors_name_key_and_line() {
+    let cases = [
+        ("[health]\ninterval = \"1s\"\nrise = 0\n", "health.rise", 3),
+        ("[health]\nfall = 0\n", "health.fall", 2),
+        ("[health]\ntargets = [\"ftp://x\"]\n", "health.targets", 2),
+        (
+            "[health]\ntargets = [\"tcp://a:1\"]\nmin_passing = 2\n",
+            "health.min_passing",
+            3,
+        ),
+        ("[nat]\nport_range = \"5000-100\"\n", "nat.port_range", 2),
+        (
+            "[metrics.cloudwatch]\nnamespace = \"AWS/NATGateway\"\n",
+            "metrics.cloudwatch.namespace",
+            2,
+        ),
+        (
+            "[metrics.cloudwatch]\ninterval = \"500ms\"\n",
+            "metrics.cloudwatch.interval",
+            2,
+        ),
+        ("[nat]\nport_range = \"0-100\"\n", "nat.port_range", 2),
+        (
+            "[nat]\negress_interface = \"a/b\"\n",
+            "nat.egress_interface",
+            2,
+        ),
+        ("[nat]\nsource_cidrs = []\n", "nat.source_cidrs", 2),
+        (
+            "[conntrack]\nmemory_percent = 90\n",
+            "conntrack.memory_percent",
+            2,
+        ),
+        ("[conntrack]\nmax = 10\n", "conntrack.max", 2),
+        ("group = \"\"\n", "group", 1),
+        ("[ec2]\nmax_attempts = 0\n", "ec2.max_attempts", 2),
+        ("[ec2]\nendpoint_url = \"ftp://x\"\n", "ec2.endpoint_url", 2),
+        (
+            "[failover]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"1500ms\"\n",
+            "failover.heartbeat_timeout",
+            3,
+        ),
+        ("[failover]\npeer_fall = 0\n", "failover.peer_fall", 2),
+    ];
+    for (text, key, line) in cases {
+        assert_eq!(problems(text), vec![(key.to_string(), line)], "{text:?}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = "[health]\nrise = 0\nfall = 0\n[nat]\nport_range = \"x\"\n";
+    assert_eq!(
+        problems(text),
+        vec![
+            ("health.rise".to_string(), 2),
+            ("health.fall".to_string(), 3),
+            ("nat.port_range".to_string(), 5)
+        ]
+    );
+    let message = parse(text).unwrap_err().to_string();
+    assert_eq!(message.lines().count(), 3, "{message}");
+    assert!(
+        message.starts_with("agent.toml:2: key `health.rise`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn port_range_parses() {
+    assert_eq!(parse_port_range("1024-65535"), Ok((1024, 65535)));
+    assert!(parse_port_range("1024").is_err());
+    assert!(parse_port_range("a-b").is_err());
+}
+
+#[test]
+fn cloudwatch_is_off_by_default_and_validated_once() {
+    assert_eq!(Settings::default().cloudwatch, None);
+    let s = parse("[metrics.cloudwatch]\nenabled = true\ninterval = \"10s\"\n").unwrap();
+    assert_eq!(
+        s.cloudwatch,
+        Some(CloudWatch {
+            namespace: "natron".into(),
+            interval: Duration::from_secs(10),
+        })
+    );
+}

@@ -1,0 +1,179 @@
+//! The NAT Gateway's metrics in CloudWatch (issue 15): agents publish to
+//! the emulator's CloudWatch, the values read back with GetMetricData are
+//! what the agent counted, and a NAT whose CloudWatch is unreachable
+//! serves as well as one whose is not.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+use natron_contract::readyz::Area;
+use natron_lab::emulator;
+use natron_lab::lab::{AgentId, Lab, LabSpec};
+use natron_lab::vpc::Target;
+
+fn wait_egress(lab: &Lab, az: usize, agent: AgentId) {
+    let (table, eni) = (&lab.private_tables[az], &lab.nats[az].interface_id);
+    let eip = lab.spec.azs[az].eip;
+    lab.wait_for(
+        "client egresses via its NAT",
+        Duration::from_secs(30),
+        || {
+            let routed =
+                matches!(lab.default_route_of(table), Some(Target::Interface(ref e)) if e == eni);
+            (routed && lab.egress_via(az, eip).is_some()).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", lab.agent_log(agent)));
+}
+
+/// Every datapoint of `name` for NAT `instance` in the emulator's
+/// CloudWatch, by statistic (Sum, Maximum), over the last hour.
+fn read_back(lab: &Lab, instance: &str, name: &str) -> BTreeMap<&'static str, Vec<f64>> {
+    let (instance, name, group) = (
+        instance.to_string(),
+        name.to_string(),
+        lab.spec.group.clone(),
+    );
+    let endpoint = format!("http://127.0.0.1:{}", emulator::PORT);
+    lab.run_in(&lab.ctl_ns, async move {
+        let cw = aws_sdk_cloudwatch::Client::new(&emulator::sdk_config(&endpoint).await);
+        let metric = Metric::builder()
+            .namespace("natron")
+            .metric_name(&name)
+            .dimensions(
+                Dimension::builder()
+                    .name("NatInstanceId")
+                    .value(&instance)
+                    .build(),
+            )
+            .dimensions(Dimension::builder().name("Group").value(&group).build())
+            .build();
+        let query = |id: &str, stat: &str| {
+            MetricDataQuery::builder()
+                .id(id)
+                .metric_stat(
+                    MetricStat::builder()
+                        .metric(metric.clone())
+                        .period(3600)
+                        .stat(stat)
+                        .build(),
+                )
+                .build()
+        };
+        let now = SystemTime::now();
+        let answer = cw
+            .get_metric_data()
+            .metric_data_queries(query("sum", "Sum"))
+            .metric_data_queries(query("max", "Maximum"))
+            .start_time(DateTime::from(now - Duration::from_secs(3600)))
+            .end_time(DateTime::from(now + Duration::from_secs(600)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GetMetricData {name}: {e:?}"));
+        let mut by = BTreeMap::new();
+        for r in answer.metric_data_results() {
+            let stat = if r.id() == Some("sum") {
+                "Sum"
+            } else {
+                "Maximum"
+            };
+            by.insert(stat, r.values().to_vec());
+        }
+        by
+    })
+}
+
+/// NAT a publishes every 2 s; its ConnectionAttemptCount, read back,
+/// sums to exactly what it counted; NAT b's CloudWatch refuses
+/// connections: b is ready, serves its AZ, warns and counts the failures.
+#[test]
+fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else() {
+    let lab = Lab::start(LabSpec::with_azs(2)).expect("lab starts");
+    let mut config = lab.agent_config();
+    config.metrics.cloudwatch.enabled = true;
+    config.metrics.cloudwatch.interval = Duration::from_secs(2);
+    let a = lab.start_agent(0, config.clone(), &[]).unwrap();
+    let b = lab
+        .start_agent_with_env(
+            1,
+            config,
+            &[],
+            &[("AWS_ENDPOINT_URL_CLOUDWATCH", "http://127.0.0.1:9")],
+        )
+        .unwrap();
+    wait_egress(&lab, 0, a);
+    wait_egress(&lab, 1, b);
+    for _ in 0..10 {
+        lab.client_get(0, "/").unwrap();
+    }
+    // Two publications after the traffic: everything counted is out.
+    let published = |az| lab.agent_metrics(az).unwrap()["natron_cloudwatch_publications_total"];
+    let p0 = published(0);
+    lab.wait_for("two more publications", Duration::from_secs(20), || {
+        (published(0) >= p0 + 2.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", lab.agent_log(a)));
+    let counted = lab.agent_metrics(0).unwrap()["natron_nat_connections_total"];
+    assert!(counted >= 10.0, "{counted} connections counted");
+
+    let nat_a = lab.nats[0].instance_id.clone();
+    let attempts: f64 = read_back(&lab, &nat_a, "ConnectionAttemptCount")["Sum"]
+        .iter()
+        .sum();
+    assert_eq!(
+        attempts, counted,
+        "ConnectionAttemptCount in CloudWatch against natron_nat_connections_total"
+    );
+    let ready = read_back(&lab, &nat_a, "Ready");
+    assert_eq!(ready["Maximum"].iter().cloned().fold(0.0, f64::max), 1.0);
+    let errors: f64 = read_back(&lab, &nat_a, "ErrorPortAllocation")["Sum"]
+        .iter()
+        .sum();
+    assert_eq!(errors, 0.0);
+    let routes = read_back(&lab, &nat_a, "RoutesOwned");
+    assert_eq!(routes["Maximum"].iter().cloned().fold(0.0, f64::max), 1.0);
+    let bytes: f64 = read_back(&lab, &nat_a, "BytesForwarded")["Sum"]
+        .iter()
+        .sum();
+    assert!(bytes > 0.0, "BytesForwarded {bytes}");
+
+    // NAT b: its CloudWatch refuses, nothing else changes.
+    let status = lab.agent_status(1).unwrap();
+    assert!(status.ready, "{:?}", status.reasons);
+    let warning = status
+        .warnings
+        .iter()
+        .find(|w| w.area == Area::CloudWatch)
+        .unwrap_or_else(|| panic!("no cloudwatch warning: {:?}", status.warnings));
+    assert!(
+        warning.message.contains("PutMetricData"),
+        "{}",
+        warning.message
+    );
+    let m = lab.agent_metrics(1).unwrap();
+    assert!(m["natron_cloudwatch_failures_total"] >= 1.0);
+    assert_eq!(m["natron_cloudwatch_publications_total"], 0.0);
+    assert!(
+        read_back(&lab, &lab.nats[1].instance_id, "Ready")["Sum"].is_empty(),
+        "nothing of NAT b reached CloudWatch"
+    );
+    wait_egress(&lab, 1, b);
+
+    // Every call is one the policy `apply --cloudwatch-metrics` writes allows.
+    let policy = natron::documents::agent_policy(&lab.spec.group, "aws", true);
+    let allowed = natron::documents::allowed_actions(&policy);
+    let called: std::collections::BTreeSet<String> = lab
+        .ec2_proxy
+        .requests()
+        .iter()
+        .map(|r| match r.action.as_str() {
+            "PutMetricData" => "cloudwatch:PutMetricData".to_string(),
+            ec2 => format!("ec2:{ec2}"),
+        })
+        .collect();
+    assert!(called.contains("cloudwatch:PutMetricData"), "{called:?}");
+    let outside: Vec<&String> = called.difference(&allowed).collect();
+    assert!(outside.is_empty(), "not allowed: {outside:?}");
+}
