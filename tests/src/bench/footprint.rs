@@ -103,6 +103,47 @@ fn start(lab: &Lab, az: usize, config: &Config) -> Result<Started, String> {
     })
 }
 
+/// What publishing to CloudWatch costs, side by side: the agent's CPU over
+/// 60 s without, then with a publication every second (60 times the
+/// production rate, so that the difference stands out of the noise), and
+/// the PutMetricData calls the lab's endpoint saw meanwhile. Stops `a`.
+struct CloudWatchCost {
+    /// CPU seconds per publication.
+    per_call: f64,
+    /// Calls per configured interval (1 by design).
+    calls_per_interval: f64,
+}
+
+fn cloudwatch_cost(lab: &Lab, a: AgentId, config: &Config) -> Result<CloudWatchCost, String> {
+    const WINDOW: Duration = Duration::from_secs(60);
+    eprintln!("footprint: CloudWatch publishing, 60 s without and 60 s with");
+    let off = cpu_share(lab.agent_pid(a), WINDOW);
+    stop(lab, a);
+    let mut on = config.clone();
+    on.metrics.cloudwatch.enabled = true;
+    on.metrics.cloudwatch.interval = Duration::from_secs(1);
+    let id = start(lab, 0, &on)?.id;
+    std::thread::sleep(Duration::from_secs(3));
+    let puts = || {
+        lab.ec2_proxy
+            .requests()
+            .iter()
+            .filter(|r| r.action == "PutMetricData")
+            .count() as f64
+    };
+    let calls0 = puts();
+    let with = cpu_share(lab.agent_pid(id), WINDOW);
+    let calls = puts() - calls0;
+    stop(lab, id);
+    if calls < 1.0 {
+        return Err("CloudWatch: no PutMetricData call reached the lab's endpoint".into());
+    }
+    Ok(CloudWatchCost {
+        per_call: (with - off).max(0.0) * WINDOW.as_secs_f64() / calls,
+        calls_per_interval: calls / WINDOW.as_secs_f64(),
+    })
+}
+
 fn stop(lab: &Lab, id: AgentId) {
     lab.signal_agent(id, Signal::SIGTERM);
     lab.wait_agent_exit(id, Duration::from_secs(15));
@@ -130,7 +171,7 @@ pub fn run(soak: Duration, release_binary: Option<&Path>) -> Result<String, Stri
     let a = a.expect("started");
     eprintln!("footprint: idle CPU over 30 s");
     let idle = cpu_share(lab.agent_pid(a), Duration::from_secs(30));
-    stop(&lab, a);
+    let cloudwatch = cloudwatch_cost(&lab, a, &config)?;
 
     eprintln!("footprint: soak of {soak:?} at the fastest intervals");
     let fast = start(&lab, 0, &fast_config())?.id;
@@ -200,6 +241,18 @@ pub fn run(soak: Duration, release_binary: Option<&Path>) -> Result<String, Stri
         "| CPU idle, production intervals, 30 s | {:.2} % of a core | < 1 % | {} |",
         idle * 100.0,
         judge(idle < 0.01)
+    ));
+    // One publication a minute in production.
+    let production = cloudwatch.per_call / 60.0;
+    line(format!(
+        "| CloudWatch publishing: CPU per PutMetricData call (one a second for 60 s, less the same agent without) | {:.1} ms | (no goal) | |",
+        cloudwatch.per_call * 1000.0
+    ));
+    line(format!(
+        "| CloudWatch publishing at its production interval (60 s): CPU, and calls per interval | {:.3} % of a core; {:.2} calls | < 0.2 %; 1 call | {} |",
+        production * 100.0,
+        cloudwatch.calls_per_interval,
+        judge(production < 0.002 && (cloudwatch.calls_per_interval - 1.0).abs() < 0.1)
     ));
     line(format!(
         "| CPU during the soak (fastest intervals) | {:.2} % of a core | (no goal) | |",
