@@ -34,6 +34,32 @@ pub mod tags {
     /// Unix milliseconds of an agent's last proof of life, on its own
     /// instance.
     pub const HEARTBEAT: &str = "natron:heartbeat";
+    /// The last time this NAT's source ports ran out (or neared it)
+    /// towards a destination, on its own instance, written at most once a
+    /// minute while it lasts: `<unix ms> <what>`. What `natron status`
+    /// shows of it, without reaching the agent.
+    pub const SOURCE_PORTS: &str = "natron:source-ports";
+
+    /// A value for [`SOURCE_PORTS`]: `<unix ms> <what>`, within EC2's 256
+    /// characters.
+    pub fn source_ports_value(unix_ms: u64, what: &str) -> String {
+        let mut value = format!("{unix_ms} {what}");
+        if value.len() > 256 {
+            let mut end = 253;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value.truncate(end);
+            value.push_str("...");
+        }
+        value
+    }
+
+    /// The time and text of a [`SOURCE_PORTS`] value.
+    pub fn parse_source_ports(value: &str) -> Option<(u64, &str)> {
+        let (ms, what) = value.split_once(' ')?;
+        Some((ms.parse().ok()?, what))
+    }
 }
 
 /// The agent's HTTP port (/healthz, /readyz, /metrics, /status) unless its

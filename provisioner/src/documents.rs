@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use natron_contract::tags;
+
 use crate::model::GROUP_TAG;
 
 /// Exactly what the agent calls (see agent/src/ec2.rs). Reads cannot be
@@ -40,13 +42,15 @@ pub fn agent_policy(group: &str, partition: &str, cloudwatch_metrics: bool) -> V
                 }
             },
             {
+                // The heartbeat, and the last source-port exhaustion
+                // (`natron status` shows it).
                 "Sid": "WriteHeartbeatTagOnGroupInstances",
                 "Effect": "Allow",
                 "Action": "ec2:CreateTags",
                 "Resource": format!("arn:{partition}:ec2:*:*:instance/*"),
                 "Condition": {
                     "StringEquals": { format!("ec2:ResourceTag/{GROUP_TAG}"): group },
-                    "ForAllValues:StringEquals": { "aws:TagKeys": ["natron:heartbeat"] }
+                    "ForAllValues:StringEquals": { "aws:TagKeys": [tags::HEARTBEAT, tags::SOURCE_PORTS] }
                 }
             },
             {

@@ -36,6 +36,16 @@ pub struct NatStatus {
     pub elastic_ip: Option<Ipv4Addr>,
     pub source_dest_check: Option<bool>,
     pub tables: Vec<TableRow>,
+    /// The agent's last source-port warning (its `natron:source-ports`
+    /// tag): source ports ran out, or neared it, towards a destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ports: Option<SourcePortsNote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourcePortsNote {
+    pub unix_ms: u64,
+    pub warning: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -103,6 +113,14 @@ pub fn status(inv: &Inventory, group: &str) -> Status {
                             .and_then(|a| a.public_ip),
                         source_dest_check: i.source_dest_check,
                         tables: rows,
+                        source_ports: i
+                            .tags
+                            .get(natron_contract::tags::SOURCE_PORTS)
+                            .and_then(|v| natron_contract::tags::parse_source_ports(v))
+                            .map(|(unix_ms, warning)| SourcePortsNote {
+                                unix_ms,
+                                warning: warning.to_string(),
+                            }),
                     }
                 })
                 .collect();
@@ -165,6 +183,15 @@ impl std::fmt::Display for Status {
                         None => "?",
                     }
                 )?;
+                if let Some(p) = &n.source_ports {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(p.unix_ms);
+                    writeln!(
+                        f,
+                        "    SOURCE PORTS (last said {}): {}",
+                        humantime::format_rfc3339_seconds(at),
+                        p.warning
+                    )?;
+                }
                 for t in &n.tables {
                     writeln!(
                         f,
@@ -187,5 +214,57 @@ impl std::fmt::Display for Status {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Instance;
+
+    #[test]
+    fn a_nats_source_port_warning_is_shown_from_its_tag() {
+        let mut tags: crate::model::Tags = [(GROUP_TAG.to_string(), "g".to_string())].into();
+        let nat = |tags: crate::model::Tags| Instance {
+            id: "i-a".into(),
+            az: "az-a".into(),
+            subnet_id: None,
+            state: InstanceState::Running,
+            private_ip: None,
+            public_ip: None,
+            interface_ids: vec![],
+            source_dest_check: Some(false),
+            security_groups: vec![],
+            tags,
+        };
+        let inv = Inventory {
+            instances: vec![nat(tags.clone())],
+            ..Default::default()
+        };
+        assert_eq!(status(&inv, "g").zones[0].nats[0].source_ports, None);
+        tags.insert(
+            natron_contract::tags::SOURCE_PORTS.into(),
+            natron_contract::tags::source_ports_value(
+                1_796_610_000_000,
+                "no free source port: 600 packet(s) dropped",
+            ),
+        );
+        let inv = Inventory {
+            instances: vec![nat(tags)],
+            ..Default::default()
+        };
+        let s = status(&inv, "g");
+        assert_eq!(
+            s.zones[0].nats[0].source_ports,
+            Some(SourcePortsNote {
+                unix_ms: 1_796_610_000_000,
+                warning: "no free source port: 600 packet(s) dropped".into(),
+            })
+        );
+        let text = s.to_string();
+        assert!(
+            text.contains("SOURCE PORTS (last said 2026-12-07T02:20:00Z): no free source port"),
+            "{text}"
+        );
     }
 }

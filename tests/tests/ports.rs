@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use natron_contract::readyz::Area;
+use natron_lab::emulator;
 use natron_lab::hold::{hold_connections, Plan};
 use natron_lab::internet::SERVER;
 use natron_lab::lab::{AgentId, Lab, LabSpec};
@@ -115,6 +116,20 @@ fn a_destination_holds_as_many_connections_as_ports_and_the_rest_are_counted() {
     assert!(
         !log.contains("conntrack table full"),
         "exhausted ports are not a full table:\n{log}"
+    );
+    // `natron status`, which reads EC2 only, shows it from the NAT's tag.
+    let (vpc, group) = (lab.vpc_id.clone(), lab.spec.group.clone());
+    let shown = lab.ec2(|_| async move {
+        let endpoint = format!("http://127.0.0.1:{}", emulator::PORT);
+        let cloud = natron::cloud::Aws::new(&emulator::sdk_config(&endpoint).await);
+        let inv = natron::cloud::Cloud::inventory(&cloud, &vpc, &group)
+            .await
+            .expect("inventory");
+        natron::status::status(&inv, &group).to_string()
+    });
+    assert!(
+        shown.contains("SOURCE PORTS") && shown.contains(&destination),
+        "natron status:\n{shown}"
     );
 
     drop(held);

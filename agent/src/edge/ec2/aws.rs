@@ -178,6 +178,25 @@ impl AwsEc2 {
         self.observe(with_retries(policy, |e| self.count(&self.counters.retries, e), op).await)
     }
 
+    /// One CreateTags attempt of `key` on `instance_id`.
+    async fn tag_once(&self, instance_id: &str, key: &str, value: &str) -> Result<(), AwsError> {
+        let result = self
+            .request("CreateTags")
+            .create_tags()
+            .resources(instance_id)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(key)
+                    .value(value)
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify("CreateTags", instance_id));
+        self.observe(result)
+    }
+
     /// Counts a call's final failure.
     fn observe<T>(&self, result: Result<T, AwsError>) -> Result<T, AwsError> {
         if let Err(e) = &result {
@@ -362,21 +381,13 @@ impl Ec2 for AwsEc2 {
 
     async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), AwsError> {
         // One attempt: the next beat is the retry.
-        let result = self
-            .request("CreateTags")
-            .create_tags()
-            .resources(instance_id)
-            .tags(
-                aws_sdk_ec2::types::Tag::builder()
-                    .key(tags::HEARTBEAT)
-                    .value(unix_ms.to_string())
-                    .build(),
-            )
-            .send()
+        self.tag_once(instance_id, tags::HEARTBEAT, &unix_ms.to_string())
             .await
-            .map(|_| ())
-            .map_err(classify("CreateTags", instance_id));
-        self.observe(result)
+    }
+
+    async fn put_source_ports(&self, instance_id: &str, value: &str) -> Result<(), AwsError> {
+        // One attempt: the next minute's is the retry.
+        self.tag_once(instance_id, tags::SOURCE_PORTS, value).await
     }
 
     async fn create_default_route(

@@ -98,6 +98,11 @@ impl Ec2 for FakeEc2 {
     async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), AwsError> {
         self.call(format!("CreateTags {instance_id} {unix_ms}"))
     }
+    async fn put_source_ports(&self, instance_id: &str, value: &str) -> Result<(), AwsError> {
+        self.call(format!(
+            "CreateTags {instance_id} natron:source-ports={value}"
+        ))
+    }
     async fn create_default_route(&self, table_id: &str, eni: &str) -> Result<(), AwsError> {
         self.call(format!("CreateRoute {table_id} {eni}"))?;
         let target = RouteTarget {

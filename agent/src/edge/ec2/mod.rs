@@ -35,6 +35,9 @@ pub trait Ec2: Send + Sync {
     ) -> Result<Vec<GroupInstance>, AwsError>;
     /// Writes this instance's heartbeat tag.
     async fn put_heartbeat(&self, instance_id: &str, unix_ms: u64) -> Result<(), AwsError>;
+    /// Writes this instance's `natron:source-ports` tag (its value made by
+    /// `tags::source_ports_value`).
+    async fn put_source_ports(&self, instance_id: &str, value: &str) -> Result<(), AwsError>;
     async fn create_default_route(
         &self,
         table_id: &str,

@@ -36,7 +36,14 @@ pub struct ConntrackWatch {
     listed_unix_ms: Option<u64>,
     /// The source-port warning, as last logged.
     ports_said: Repeats,
+    /// When the warning was last written to the instance's
+    /// `natron:source-ports` tag.
+    ports_tagged: Option<Instant>,
 }
+
+/// How often the `natron:source-ports` tag is written while the warning
+/// lasts (CreateTags shares the account's bucket with every heartbeat).
+const TAG_EVERY: Duration = Duration::from_secs(60);
 
 /// How often the flows may be listed: a pass over every flow, so not every
 /// reconcile pass.
@@ -174,15 +181,18 @@ impl Steps<'_> {
             w.busiest = ports::busiest(&listing, ports::BUSIEST);
             w.listed_unix_ms = Some(super::unix_ms());
             let new_errors = std::mem::take(&mut w.port_errors_unlisted);
-            self.ports_warning(w, new_errors);
+            let warning = self.ports_warning(w, new_errors);
             self.publish_ports(w);
+            if let Some(text) = warning {
+                self.tag_ports(w, &text).await;
+            }
         }
     }
 
     /// The source-port warning in /status (replaced on every listing) and
     /// the journal (when it starts, when its busiest destination changes,
     /// and once a minute).
-    fn ports_warning(&self, w: &mut ConntrackWatch, new_errors: u64) {
+    fn ports_warning(&self, w: &mut ConntrackWatch, new_errors: u64) -> Option<String> {
         let ports = SourcePorts {
             busiest: w.busiest.clone(),
             ..self.pool()
@@ -206,6 +216,23 @@ impl Steps<'_> {
             }
         }
         self.shared
-            .update(|s| s.set_warning(Area::SourcePorts, message));
+            .update(|s| s.set_warning(Area::SourcePorts, message.clone()));
+        message
+    }
+
+    /// The warning on the instance's `natron:source-ports` tag, for
+    /// `natron status` (at most once a minute; one attempt, the next
+    /// minute's is the retry).
+    async fn tag_ports(&self, w: &mut ConntrackWatch, text: &str) {
+        if w.ports_tagged.is_some_and(|t| t.elapsed() < TAG_EVERY) {
+            return;
+        }
+        w.ports_tagged = Some(Instant::now());
+        let instance = &self.resolved.identity.instance_id;
+        let value = natron_contract::tags::source_ports_value(super::unix_ms(), text);
+        if let Err(e) = self.ec2.put_source_ports(instance, &value).await {
+            self.shared.metrics.ec2_errors.inc();
+            warn!(error = %e, "cannot write the source-port warning to the instance's tags (natron status will not show it)");
+        }
     }
 }

@@ -266,9 +266,28 @@ async fn exhausted_source_ports_are_counted_and_their_destinations_named() {
         "{}",
         warning.message
     );
+    // On the instance's tag, for `natron status`: once a minute at most.
+    let tagged = |w: &World| {
+        w.ec2
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with("CreateTags i-0abc natron:source-ports="))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let tags = tagged(&w);
+    assert_eq!(tags.len(), 1, "{tags:?}");
+    assert!(tags[0].contains("198.51.100.7:443/tcp"), "{}", tags[0]);
+    m.conntrack.listing_next = Some(Instant::now());
+    set_conntrack(&w, 1001, 100_000, 50, 50);
+    w.steps().conntrack(&mut m);
+    w.steps().listing(&mut m).await;
+    assert_eq!(tagged(&w).len(), 1, "not again within a minute");
 
     // Connections closed: the warning goes.
-    set_conntrack(&w, 10, 100_000, 40, 40);
+    set_conntrack(&w, 10, 100_000, 50, 50);
     w.steps().conntrack(&mut m);
     let status = w.shared.snapshot();
     assert!(status.warnings.iter().all(|x| x.area != Area::SourcePorts));
