@@ -81,3 +81,20 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tags::{parse_source_ports, source_ports_value};
+
+    #[test]
+    fn a_source_port_warning_fits_a_tag_and_reads_back() {
+        let v = source_ports_value(1_700_000_000_000, "no free source port");
+        assert_eq!(
+            parse_source_ports(&v),
+            Some((1_700_000_000_000, "no free source port"))
+        );
+        let long = source_ports_value(1, &"é".repeat(300));
+        assert!(long.len() <= 256 && long.ends_with("..."), "{}", long.len());
+        assert_eq!(parse_source_ports("x y"), None);
+    }
+}
