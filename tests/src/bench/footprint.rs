@@ -23,6 +23,8 @@ fn fast_config() -> Config {
     c.failover.peer_refresh = Duration::from_secs(1);
     c.failover.heartbeat_interval = Duration::from_millis(100);
     c.failover.heartbeat_timeout = Duration::from_secs(1);
+    // At most the heartbeat timeout (the agent refuses the file otherwise).
+    c.failover.proof_window = Duration::from_millis(500);
     c
 }
 
@@ -92,7 +94,8 @@ fn start(lab: &Lab, az: usize, config: &Config) -> Result<Started, String> {
             let d = &s.dataplane;
             d.forwarding && d.ruleset_in_place && d.source_dest_check_disabled
         })
-    })?;
+    })
+    .map_err(|e| format!("{e}\n--- agent log ---\n{}", lab.agent_log(id)))?;
     let ready = wait(t0, "ready", || {
         matches!(lab.agent_get(az, "/readyz"), Ok((200, _)))
     })?;
@@ -273,4 +276,16 @@ pub fn run(soak: Duration, release_binary: Option<&Path>) -> Result<String, Stri
         None => "| binary size | not measured: no release binary given | | |".into(),
     });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The soak's configuration is one the agent accepts (it once was not,
+    /// and the bench waited in vain for an agent that had exited).
+    #[test]
+    fn the_fast_configuration_is_valid() {
+        if let Err(problems) = super::fast_config().validate() {
+            panic!("{problems:?}");
+        }
+    }
 }
