@@ -168,36 +168,27 @@ impl std::fmt::Display for Estimate {
 mod tests {
     use super::*;
 
+    /// Two t4g.nano with 4 GiB roots and 100 GB a month.
+    fn two_nanos(cloudwatch_metrics: bool) -> Estimate {
+        let layout = Layout {
+            azs: 2,
+            instance_type: "t4g.nano".into(),
+            root_gib: 4,
+            gb_per_month: 100.0,
+            cloudwatch_metrics,
+        };
+        estimate(&Prices::bundled(), &layout).unwrap()
+    }
+
     #[test]
     fn two_nanos_against_two_gateways() {
-        let prices = Prices::bundled();
-        let e = estimate(
-            &prices,
-            &Layout {
-                azs: 2,
-                instance_type: "t4g.nano".into(),
-                root_gib: 4,
-                gb_per_month: 100.0,
-                cloudwatch_metrics: false,
-            },
-        )
-        .unwrap();
+        let e = two_nanos(false);
         // 2 × 0.0042 × 730 + 2 × 0.005 × 730 + 2 × 4 × 0.08 + 100 × 0.09
         assert!((e.natron_total - (6.132 + 7.3 + 0.64 + 9.0)).abs() < 1e-9);
         // 2 × 0.045 × 730 + 2 × 0.005 × 730 + 100 × 0.045 + 100 × 0.09
         assert!((e.nat_gateway_total - (65.7 + 7.3 + 4.5 + 9.0)).abs() < 1e-9);
         assert!(e.ratio < 0.3);
-        let with_metrics = estimate(
-            &prices,
-            &Layout {
-                azs: 2,
-                instance_type: "t4g.nano".into(),
-                root_gib: 4,
-                gb_per_month: 100.0,
-                cloudwatch_metrics: true,
-            },
-        )
-        .unwrap();
+        let with_metrics = two_nanos(true);
         // 2 × (9 × 0.30 + 43.8 × 0.01)
         let metrics = with_metrics.natron_total - e.natron_total;
         assert!((metrics - 2.0 * (2.7 + 0.438)).abs() < 1e-9, "{metrics}");

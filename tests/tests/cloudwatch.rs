@@ -10,23 +10,7 @@ use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use natron_contract::readyz::Area;
 use natron_lab::emulator;
-use natron_lab::lab::{AgentId, Lab, LabSpec};
-use natron_lab::vpc::Target;
-
-fn wait_egress(lab: &Lab, az: usize, agent: AgentId) {
-    let (table, eni) = (&lab.private_tables[az], &lab.nats[az].interface_id);
-    let eip = lab.spec.azs[az].eip;
-    lab.wait_for(
-        "client egresses via its NAT",
-        Duration::from_secs(30),
-        || {
-            let routed =
-                matches!(lab.default_route_of(table), Some(Target::Interface(ref e)) if e == eni);
-            (routed && lab.egress_via(az, eip).is_some()).then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", lab.agent_log(agent)));
-}
+use natron_lab::lab::{Lab, LabSpec};
 
 /// Every datapoint of `name` for NAT `instance` in the emulator's
 /// CloudWatch, by statistic (Sum, Maximum), over the last hour.
@@ -103,8 +87,8 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
             &[("AWS_ENDPOINT_URL_CLOUDWATCH", "http://127.0.0.1:9")],
         )
         .unwrap();
-    wait_egress(&lab, 0, a);
-    wait_egress(&lab, 1, b);
+    lab.wait_egress(0, a);
+    lab.wait_egress(1, b);
     for _ in 0..10 {
         lab.client_get(0, "/").unwrap();
     }
@@ -159,7 +143,7 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
         read_back(&lab, &lab.nats[1].instance_id, "Ready")["Sum"].is_empty(),
         "nothing of NAT b reached CloudWatch"
     );
-    wait_egress(&lab, 1, b);
+    lab.wait_egress(1, b);
 
     // Every call is one the policy `apply --cloudwatch-metrics` writes allows.
     let policy = natron::documents::agent_policy(&lab.spec.group, "aws", true);

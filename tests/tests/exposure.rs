@@ -15,28 +15,10 @@ use natron_contract::readyz::Area;
 use natron_lab::internet;
 use natron_lab::lab::{masked_lines, AgentId, Lab, LabSpec, AGENT_PORT, NO_ENV_CREDENTIALS};
 use natron_lab::stats;
-use natron_lab::vpc::Target;
 use nix::sys::signal::Signal;
 
 fn lab(azs: u8) -> Lab {
     Lab::start(LabSpec::with_azs(azs)).expect("lab starts")
-}
-
-/// Waits until AZ `az`'s client egresses through its NAT (route claimed,
-/// the NAT's Elastic IP seen by the internet server).
-fn wait_egress(lab: &Lab, az: usize, agent: AgentId) {
-    let (table, eni) = (&lab.private_tables[az], &lab.nats[az].interface_id);
-    let eip = lab.spec.azs[az].eip;
-    lab.wait_for(
-        "client egresses via its NAT",
-        Duration::from_secs(30),
-        || {
-            let routed =
-                matches!(lab.default_route_of(table), Some(Target::Interface(ref e)) if e == eni);
-            (routed && lab.egress_via(az, eip).is_some()).then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", lab.agent_log(agent)));
 }
 
 /// The agent's /readyz answered (any status), from `ns`.
@@ -60,7 +42,7 @@ fn the_agent_port_is_closed_to_the_internet_and_open_to_the_vpc() {
     let agents: Vec<AgentId> = (0..2)
         .map(|az| lab.start_agent(az, lab.agent_config(), &[]).unwrap())
         .collect();
-    wait_egress(&lab, 0, agents[0]);
+    lab.wait_egress(0, agents[0]);
     let nat = lab.nats[0].ip;
     let eip = lab.spec.azs[0].eip;
     // A port of the NAT other than the agent's answers from the internet
@@ -93,7 +75,7 @@ fn the_agent_port_is_closed_to_the_internet_and_open_to_the_vpc() {
 fn nat_counters_match_what_the_client_sent_and_count_only_its_connections() {
     let lab = lab(1);
     let agent = lab.start_agent(0, lab.agent_config(), &[]).unwrap();
-    wait_egress(&lab, 0, agent);
+    lab.wait_egress(0, agent);
     // Idle: the agent probes the internet, calls EC2 and IMDS all along;
     // none of it is a connection it translates. (First let it count the
     // client's requests made while waiting.)
@@ -169,7 +151,7 @@ fn large_transfers_cross_a_filtered_1500_byte_path_only_with_the_mss_clamp() {
     let mut off = lab.agent_config();
     off.nat.mss = 0;
     let agent = lab.start_agent(0, off, &[]).unwrap();
-    wait_egress(&lab, 0, agent);
+    lab.wait_egress(0, agent);
     let err = transfers(&lab).expect_err("without the clamp a large transfer stalls");
     assert!(err.contains("stalled"), "{err}");
     lab.signal_agent(agent, Signal::SIGTERM);
@@ -220,7 +202,7 @@ fn without_credentials_the_agent_says_so_backs_off_and_stays_up() {
     let b = lab
         .start_agent_with_env(1, lab.agent_config(), &[], NO_ENV_CREDENTIALS)
         .unwrap();
-    wait_egress(&lab, 1, b);
+    lab.wait_egress(1, b);
     let (code, body) = lab
         .wait_for(
             "/readyz names the credentials",

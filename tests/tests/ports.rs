@@ -11,26 +11,10 @@ use natron_contract::readyz::Area;
 use natron_lab::emulator;
 use natron_lab::hold::{hold_connections, Plan};
 use natron_lab::internet::SERVER;
-use natron_lab::lab::{AgentId, Lab, LabSpec};
-use natron_lab::vpc::Target;
+use natron_lab::lab::{Lab, LabSpec};
 
 /// A port of the internet server's namespace nothing else listens on.
 const HOLD_PORT: u16 = 9004;
-
-fn wait_egress(lab: &Lab, agent: AgentId) {
-    let (table, eni) = (&lab.private_tables[0], &lab.nats[0].interface_id);
-    let eip = lab.spec.azs[0].eip;
-    lab.wait_for(
-        "client egresses via its NAT",
-        Duration::from_secs(30),
-        || {
-            let routed =
-                matches!(lab.default_route_of(table), Some(Target::Interface(ref e)) if e == eni);
-            (routed && lab.egress_via(0, eip).is_some()).then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", lab.agent_log(agent)));
-}
 
 /// With 1,000 ports, 1,300 connections tried from one client address to
 /// one destination hold 1,000; the refused ones are counted
@@ -43,7 +27,7 @@ fn a_destination_holds_as_many_connections_as_ports_and_the_rest_are_counted() {
     let mut config = lab.agent_config();
     config.nat.port_range = "40000-40999".into();
     let agent = lab.start_agent(0, config, &[]).unwrap();
-    wait_egress(&lab, agent);
+    lab.wait_egress(0, agent);
     let metrics = lab.agent_metrics(0).unwrap();
     assert_eq!(metrics["natron_nat_source_port_capacity"], 1000.0);
     let errors_before = metrics["natron_nat_port_allocation_errors_total"];

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use super::Lab;
+use super::{AgentId, Lab};
 use crate::exec;
+use crate::vpc::Target;
 
 impl Lab {
     /// `ns`'s eth0 counters, both ways added: (packets, bytes).
@@ -65,6 +66,23 @@ impl Lab {
     pub fn egress_via(&self, az: usize, public: Ipv4Addr) -> Option<String> {
         let seen = self.client_get(az, "/whoami").ok()?;
         seen.starts_with(&format!("{public}:")).then_some(seen)
+    }
+
+    /// Waits until AZ `az`'s client egresses through its NAT (its table's
+    /// default route on the NAT's interface, the NAT's Elastic IP seen by
+    /// the internet server); panics with `agent`'s log after 30 s.
+    pub fn wait_egress(&self, az: usize, agent: AgentId) {
+        let (table, eni) = (&self.private_tables[az], &self.nats[az].interface_id);
+        let eip = self.spec.azs[az].eip;
+        self.wait_for(
+            "client egresses via its NAT",
+            Duration::from_secs(30),
+            || {
+                let routed = matches!(self.default_route_of(table), Some(Target::Interface(ref e)) if e == eni);
+                (routed && self.egress_via(az, eip).is_some()).then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", self.agent_log(agent)));
     }
 
     /// Whether a TCP connection to `addr` opens within 2 s, from `ns`.
