@@ -5,7 +5,6 @@
 //! touches the data plane or readiness: a CloudWatch outage is a warning.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use natron_contract::readyz::Area;
 use tracing::{info, warn};
@@ -53,8 +52,9 @@ pub async fn publish(
                 shared.update(|s| s.set_warning(Area::CloudWatch, None));
             }
             Err(e) => {
-                let jitter = natron_contract::aws::jitter(Duration::from_secs(1)).as_secs_f64();
-                wait = backoff.fail(e.kind, jitter).min(settings.interval);
+                wait = backoff
+                    .fail(e.kind, super::backoff_jitter())
+                    .min(settings.interval);
                 shared.metrics.cloudwatch_failures.inc();
                 if failing.due(&e.to_string(), std::time::Instant::now()) {
                     warn!(error = %e, "cannot publish metrics to CloudWatch; retrying in {wait:?} (said once a minute while it lasts)");
@@ -68,6 +68,8 @@ pub async fn publish(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::edge::cloudwatch::fake::FakeCloudWatch;
     use crate::edge::ec2::fake::throttled;

@@ -136,6 +136,12 @@ pub enum Exit {
 /// How long the HTTP server gets to finish its answers at the end.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// The jitter every loop's `Backoff::fail` takes: a fraction in [0, 1)
+/// from the clock, so that agents failing together do not retry together.
+pub fn backoff_jitter() -> f64 {
+    natron_contract::aws::jitter(Duration::from_secs(1)).as_secs_f64()
+}
+
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

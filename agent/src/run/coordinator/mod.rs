@@ -157,7 +157,7 @@ impl Coordinator {
                     self.shared.update(|s| s.ec2.backoff_ms = None);
                 }
                 Err(e) => {
-                    let wait = st.backoff.fail(e.kind, jitter());
+                    let wait = st.backoff.fail(e.kind, super::backoff_jitter());
                     st.next_pass = Some(Instant::now() + wait);
                     self.shared.metrics.ec2_errors.inc();
                     if st.failing.due(&e.to_string(), Instant::now()) {
@@ -335,11 +335,6 @@ impl Coordinator {
             s.set_warning(Area::HomeTable, no_home);
         });
     }
-}
-
-fn jitter() -> f64 {
-    let max = Duration::from_secs(1);
-    natron_contract::aws::jitter(max).as_secs_f64()
 }
 
 /// Starts the peer prober, the heartbeat and the decision loop under the

@@ -133,15 +133,19 @@ impl Steps<'_> {
         ports::pool(1, self.resolved.spec.port_range)
     }
 
-    /// The pool, the kernel's count of refusals and the last listing, in
-    /// /status.
-    fn publish_ports(&self, w: &ConntrackWatch) {
-        let ports = SourcePorts {
+    /// The pool, the kernel's count of refusals and the last listing.
+    fn source_ports(&self, w: &ConntrackWatch) -> SourcePorts {
+        SourcePorts {
             allocation_errors: w.last.unwrap_or_default().insert_failed,
             busiest: w.busiest.clone(),
             listed_unix_ms: w.listed_unix_ms,
             ..self.pool()
-        };
+        }
+    }
+
+    /// [`Self::source_ports`] in /status.
+    fn publish_ports(&self, w: &ConntrackWatch) {
+        let ports = self.source_ports(w);
         self.shared
             .update(|s| s.dataplane.source_ports = Some(ports));
     }
@@ -193,11 +197,7 @@ impl Steps<'_> {
     /// the journal (when it starts, when its busiest destination changes,
     /// and once a minute).
     fn ports_warning(&self, w: &mut ConntrackWatch, new_errors: u64) -> Option<String> {
-        let ports = SourcePorts {
-            busiest: w.busiest.clone(),
-            ..self.pool()
-        };
-        let message = ports::warning(&ports, new_errors);
+        let message = ports::warning(&self.source_ports(w), new_errors);
         match &message {
             Some(text) => {
                 let key = w

@@ -56,11 +56,7 @@ pub struct Memory {
 /// The wait after a failed EC2 step: at least `floor`, doubling to a
 /// minute (to seconds while credentials are missing: `Backoff`).
 fn step_backoff(b: &mut Backoff, kind: ErrorKind, floor: Duration) -> Duration {
-    b.fail(
-        kind,
-        natron_contract::aws::jitter(Duration::from_secs(1)).as_secs_f64(),
-    )
-    .max(floor)
+    b.fail(kind, super::backoff_jitter()).max(floor)
 }
 
 /// The steps, over the edges and what boot resolved.
