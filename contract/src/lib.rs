@@ -39,6 +39,11 @@ pub mod tags {
     /// minute while it lasts: `<unix ms> <what>`. What `natron status`
     /// shows of it, without reaching the agent.
     pub const SOURCE_PORTS: &str = "natron:source-ports";
+    /// An Elastic IP of a NAT's address pool (`nat.addresses`): its slot,
+    /// 1 to N-1, matched to a secondary private address of the NAT's
+    /// interface. The AZ's address on the primary private address has no
+    /// slot tag.
+    pub const SLOT: &str = "natron:slot";
 
     /// A value for [`SOURCE_PORTS`]: `<unix ms> <what>`, within EC2's 256
     /// characters.

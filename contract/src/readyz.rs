@@ -36,6 +36,10 @@ pub enum Area {
     /// Publishing metrics to CloudWatch (a warning, never a readiness
     /// problem: the data plane does not depend on it).
     CloudWatch,
+    /// The address pool (`nat.addresses`) short of addresses: fewer public
+    /// addresses translate (a warning, never a readiness problem: the NAT
+    /// egresses from the addresses it has).
+    AddressPool,
     /// A switch only tests set.
     Test,
 }
@@ -57,6 +61,7 @@ impl Area {
             Area::HomeTable => "home_table",
             Area::Credentials => "credentials",
             Area::SourcePorts => "source_ports",
+            Area::AddressPool => "address_pool",
             Area::CloudWatch => "cloudwatch",
             Area::Test => "test",
         }

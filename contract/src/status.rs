@@ -109,6 +109,56 @@ pub struct DataPlane {
     /// until conntrack is loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ports: Option<SourcePorts>,
+    /// The extra addresses new connections are spread over
+    /// (`nat.addresses` > 1); None with one address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_pool: Option<AddressPool>,
+}
+
+/// A NAT's address pool: its primary private address (with the AZ's
+/// Elastic IP or its own public IP) and `wanted - 1` secondary private
+/// addresses, each with the Elastic IP tagged with its slot. New
+/// connections are spread over the `translating` addresses one by one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressPool {
+    /// `nat.addresses`.
+    pub wanted: u32,
+    /// Private addresses connections are translated to, primary first.
+    pub translating: Vec<Ipv4Addr>,
+    /// Slots 1 to wanted - 1.
+    pub slots: Vec<PoolSlot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSlot {
+    pub slot: u32,
+    /// The secondary private address it is on (or is being put on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    pub state: SlotState,
+    /// The running NAT holding the address (`held`), or what is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotState {
+    /// On a secondary address of this NAT, read back: translating.
+    Associated,
+    /// Associated, not yet read back.
+    Associating,
+    /// A running NAT of the group holds the address.
+    Held,
+    /// No Elastic IP is tagged for the slot, or no secondary address is
+    /// free for it (the instance type's limit).
+    Missing,
+    /// The last attempt failed.
+    Error,
 }
 
 /// Source ports, the NAT's scarce resource: a connection needs a source

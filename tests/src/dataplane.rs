@@ -315,6 +315,7 @@ impl Topology {
             agent_port: crate::lab::AGENT_PORT,
             vpc: vec!["10.0.0.0/16".parse().unwrap()],
             mss: Some(1460),
+            pool: Vec::new(),
         }
     }
 

@@ -56,10 +56,13 @@ pub fn held_by_other(tagged: &[Address], me: &str) -> bool {
         .is_some_and(|holder| holder != me)
 }
 
-/// The AZ's address: the lowest allocation id, so every run picks the same.
+/// The AZ's address: of those without a slot (slots are the address
+/// pool's, `core::pool`), the lowest allocation id, so every run picks the
+/// same.
 fn chosen(tagged: &[Address]) -> Option<&Address> {
     tagged
         .iter()
+        .filter(|a| a.slot.is_none())
         .min_by(|a, b| a.allocation_id.cmp(&b.allocation_id))
 }
 
@@ -73,6 +76,7 @@ mod tests {
             public_ip: "203.0.113.10".into(),
             association_id: holder.map(|_| format!("eipassoc-{id}")),
             instance_id: holder.map(str::to_string),
+            ..Default::default()
         }
     }
 
@@ -137,6 +141,20 @@ mod tests {
                 address: a,
                 holder: "i-old".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_pool_slots_address_is_never_the_azs() {
+        let pool = Address {
+            slot: Some(1),
+            ..address("eipalloc-0", None)
+        };
+        assert_eq!(decide(std::slice::from_ref(&pool), "i-me", &[]), Step::NoAddress);
+        let az = address("eipalloc-5", None);
+        assert_eq!(
+            decide(&[pool, az.clone()], "i-me", &[]),
+            Step::Associate(az)
         );
     }
 

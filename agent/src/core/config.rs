@@ -127,6 +127,10 @@ pub struct NatConfig {
     pub port_range: String,
     /// Randomise source ports fully (harder to predict, no port preservation).
     pub fully_random: bool,
+    /// Public addresses new connections are spread over: the primary
+    /// private address and `addresses - 1` secondary ones, each with the
+    /// Elastic IP tagged with its slot (`natron apply --addresses`).
+    pub addresses: u32,
     /// Use a flowtable fast path when the kernel has one.
     pub flowtable: bool,
     /// The TCP MSS that SYNs and SYN-ACKs between the sources and the
@@ -144,6 +148,7 @@ impl Default for NatConfig {
             source_cidrs: None,
             port_range: "1024-65535".into(),
             fully_random: false,
+            addresses: 1,
             flowtable: true,
             mss: 1460,
             reconcile_interval: Duration::from_secs(2),

@@ -11,6 +11,7 @@ pub mod health;
 pub mod kernel;
 pub mod listing;
 pub mod peer;
+pub mod pool;
 pub mod ports;
 pub mod ruleset;
 pub mod schedule;

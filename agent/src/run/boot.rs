@@ -23,6 +23,8 @@ pub struct Resolved {
     pub group: String,
     pub spec: RulesetSpec,
     pub sysctls: Vec<Setting>,
+    /// `nat.addresses`: the address pool's size.
+    pub addresses: u32,
 }
 
 /// Resolves, retrying with doubling backoff (capped at 10 s) until it can.
@@ -114,6 +116,7 @@ pub async fn try_boot(
         agent_port: settings.listen.port(),
         vpc: identity.vpc_cidrs.clone(),
         mss: settings.nat.mss,
+        pool: Vec::new(),
     };
     let ct = &settings.conntrack;
     let conntrack_max = ct.max.unwrap_or_else(|| {
@@ -129,6 +132,7 @@ pub async fn try_boot(
         group,
         spec,
         sysctls,
+        addresses: settings.nat.addresses,
     })
 }
 

@@ -150,6 +150,7 @@ mod tests {
             public_ip: "203.0.113.10".into(),
             association_id: holder.map(|h| format!("eipassoc-{h}")),
             instance_id: holder.map(str::to_string),
+            ..Default::default()
         }
     }
 

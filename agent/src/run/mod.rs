@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{error, info};
 
+pub mod address_pool;
 pub mod boot;
 pub mod cloudwatch;
 pub mod coordinator;
@@ -246,7 +247,6 @@ impl Agent {
             resolved: &resolved,
             options: &self.options,
             ec2: ec2.as_ref(),
-            desired: crate::core::ruleset::render(&resolved.spec),
         };
         // The data-plane loop borrows the boot's results, so it runs here
         // rather than as a spawned task; it never returns.
@@ -397,8 +397,10 @@ pub(crate) mod tests {
                 agent_port: natron_contract::AGENT_PORT,
                 vpc: vec!["10.0.0.0/16".parse().unwrap()],
                 mss: Some(1460),
+                pool: Vec::new(),
             },
             sysctls: kernel::desired_settings("ens5", 131072, 7440),
+            addresses: 1,
             group: "prod".into(),
             identity,
         }

@@ -66,6 +66,11 @@ pub struct RulesetSpec {
     /// The MSS SYNs and SYN-ACKs crossing to or from the internet are
     /// clamped to (None: no clamp).
     pub mss: Option<u16>,
+    /// The private addresses new connections are translated to, one
+    /// connection to the next in turn (`core::pool`); with fewer than two
+    /// the egress interface's own address (masquerade).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pool: Vec<std::net::Ipv4Addr>,
 }
 
 /// The table's contents as `nft -j list table` shows them (handles and
@@ -239,34 +244,44 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
                 .collect::<std::collections::HashSet<_>>()
         })
     };
+    let ports = Expression::Range(Box::new(nftables::expr::Range {
+        range: [
+            Expression::Number(spec.port_range.0.into()),
+            Expression::Number(spec.port_range.1.into()),
+        ],
+    }));
+    // One address: masquerade to the interface's. A pool: each new
+    // connection takes the next address (numgen inc), so one client
+    // reaching one destination gets every address's ports; the kernel's
+    // own choice over an address range would hash the client and the
+    // destination to a single address. The rules keep their names.
+    let translate = |port: Option<Expression<'static>>| match pool::map(&spec.pool) {
+        None if port.is_none() && !spec.fully_random => {
+            // nft lists a bare masquerade as `null`: render it the same way.
+            Statement::Masquerade(None)
+        }
+        None => Statement::Masquerade(Some(NAT {
+            addr: None,
+            family: None,
+            port,
+            flags: flags(),
+        })),
+        Some(addr) => Statement::SNAT(Some(NAT {
+            addr: Some(addr),
+            family: None,
+            port,
+            flags: flags(),
+        })),
+    };
     let mut tcp_udp = nat_match();
     tcp_udp.extend([
         matches(meta(MetaKey::L4proto), anon_set(&["tcp", "udp"])),
         counter(),
-        Statement::Masquerade(Some(NAT {
-            addr: None,
-            family: None,
-            port: Some(Expression::Range(Box::new(nftables::expr::Range {
-                range: [
-                    Expression::Number(spec.port_range.0.into()),
-                    Expression::Number(spec.port_range.1.into()),
-                ],
-            }))),
-            flags: flags(),
-        })),
+        translate(Some(ports)),
     ]);
     objects.push(rule_in("postrouting", rule::MASQUERADE, tcp_udp));
     let mut other = nat_match();
-    other.extend([
-        counter(),
-        // nft lists a bare masquerade as `null`: render it the same way.
-        Statement::Masquerade(flags().map(|flags| NAT {
-            addr: None,
-            family: None,
-            port: None,
-            flags: Some(flags),
-        })),
-    ]);
+    other.extend([counter(), translate(None)]);
     objects.push(rule_in("postrouting", rule::MASQUERADE_OTHER, other));
     objects.extend(untracked_agent_traffic(spec.agent_port));
     in_listing_order(objects)
@@ -459,6 +474,7 @@ fn net_set(name: &str, nets: &[Ipv4Net]) -> Set<'static> {
 }
 
 mod expr;
+pub mod pool;
 use expr::*;
 
 #[cfg(test)]

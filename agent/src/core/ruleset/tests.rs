@@ -16,6 +16,7 @@ pub(crate) fn spec() -> RulesetSpec {
         agent_port: 9100,
         vpc: vec!["10.0.0.0/16".parse().unwrap()],
         mss: Some(1460),
+        pool: Vec::new(),
     }
 }
 
@@ -120,4 +121,52 @@ fn debian_13s_nft_lists_the_table_as_rendered() {
     let listed = normalize(&parse_listing(&text).unwrap());
     let rendered = serde_json::to_value(render(&spec())).unwrap();
     assert_eq!(listed, normalize(rendered.as_array().unwrap()));
+}
+
+#[test]
+fn golden_address_pool() {
+    let mut s = spec();
+    s.pool = vec![
+        "10.0.1.4".parse().unwrap(),
+        "10.0.1.96".parse().unwrap(),
+        "10.0.1.45".parse().unwrap(),
+    ];
+    golden("ruleset-address-pool.json", &s);
+}
+
+/// The statement as `nft -j list` printed it (nft 1.0.6) for
+/// `snat to numgen inc mod 2 map { 0 : 10.0.0.1, 1 : 10.0.0.2 } :1024-2023 fully-random`.
+#[test]
+fn a_pool_translates_each_connection_to_the_next_address_as_nft_lists_it() {
+    let mut s = spec();
+    s.pool = vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+    s.port_range = (1024, 2023);
+    s.fully_random = true;
+    let rendered = serde_json::to_value(render(&s)).unwrap();
+    let rules: Vec<&serde_json::Value> = rendered
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .filter(|r| r["comment"] == rule::MASQUERADE || r["comment"] == rule::MASQUERADE_OTHER)
+        .collect();
+    assert_eq!(rules.len(), 2);
+    let listed: serde_json::Value = serde_json::from_str(
+        r#"{"snat": {"addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}},
+            "data": {"set": [[0, "10.0.0.1"], [1, "10.0.0.2"]]}}},
+            "port": {"range": [1024, 2023]}, "flags": "fully-random"}}"#,
+    )
+    .unwrap();
+    let tcp_udp = rules[0]["expr"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        crate::core::listing::normalize(std::slice::from_ref(tcp_udp)),
+        crate::core::listing::normalize(std::slice::from_ref(&listed))
+    );
+    let other = rules[1]["expr"].as_array().unwrap().last().unwrap();
+    assert!(other["snat"]["port"].is_null(), "{other}");
+    assert_eq!(other["snat"]["addr"], listed["snat"]["addr"]);
+    // One address: masquerade, as before the pool.
+    s.pool.truncate(1);
+    let one = serde_json::to_string(&render(&s)).unwrap();
+    assert!(one.contains("masquerade") && !one.contains("snat"), "{one}");
 }

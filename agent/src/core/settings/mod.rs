@@ -78,6 +78,9 @@ pub struct Nat {
     pub source_cidrs: Option<Vec<Ipv4Net>>,
     pub port_range: (u16, u16),
     pub fully_random: bool,
+    /// The address pool's size, 1 to [`MAX_ADDRESSES`] (the instance
+    /// type's limit of addresses per interface applies too).
+    pub addresses: u32,
     pub flowtable: bool,
     /// None: no clamp.
     pub mss: Option<u16>,
@@ -182,6 +185,11 @@ impl Config {
             p.add("nat.port_range", m);
             (1024, 65535)
         });
+        p.check(
+            (1..=MAX_ADDRESSES).contains(&n.addresses),
+            "nat.addresses",
+            format!("must be between 1 and {MAX_ADDRESSES} (the most private addresses an interface of any instance type has)"),
+        );
         p.check(
             n.mss == 0 || (536..=8961).contains(&n.mss),
             "nat.mss",
@@ -306,6 +314,7 @@ impl Config {
                 source_cidrs: n.source_cidrs.clone(),
                 port_range,
                 fully_random: n.fully_random,
+                addresses: n.addresses,
                 flowtable: n.flowtable,
                 mss: (n.mss > 0).then_some(n.mss),
                 reconcile_interval: n.reconcile_interval,
@@ -333,6 +342,9 @@ impl Default for Settings {
             .expect("the default configuration is valid")
     }
 }
+
+/// The most private IPv4 addresses one interface has, on any instance type.
+pub const MAX_ADDRESSES: u32 = 50;
 
 /// Parses "LOW-HIGH" into a port range.
 pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {

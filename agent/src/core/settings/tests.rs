@@ -36,6 +36,8 @@ fn semantic_errors_name_key_and_line() {
             2,
         ),
         ("[nat]\nport_range = \"0-100\"\n", "nat.port_range", 2),
+        ("[nat]\naddresses = 0\n", "nat.addresses", 2),
+        ("[nat]\n\naddresses = 51\n", "nat.addresses", 3),
         (
             "[nat]\negress_interface = \"a/b\"\n",
             "nat.egress_interface",

@@ -1,13 +1,14 @@
 //! EC2 in memory, for unit tests.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use natron_contract::aws::{AwsError, ErrorKind};
 
 use super::Ec2;
-use crate::model::address::Address;
+use crate::model::address::{Address, InterfaceAddresses};
 use crate::model::instance::GroupInstance;
 use crate::model::{RouteTable, RouteTarget};
 
@@ -21,6 +22,8 @@ pub struct FakeEc2 {
     /// `natron:az` tag per table id.
     pub table_az: Mutex<BTreeMap<String, String>>,
     pub addresses: Mutex<Vec<Address>>,
+    /// The private addresses of every interface.
+    pub interfaces: Mutex<BTreeMap<String, InterfaceAddresses>>,
     pub fail_next: Mutex<Vec<AwsError>>,
     pub calls: Mutex<Vec<String>>,
 }
@@ -136,12 +139,58 @@ impl Ec2 for FakeEc2 {
         }
         Ok(())
     }
+    async fn associate_address_with(
+        &self,
+        allocation: &str,
+        interface: &str,
+        private_ip: Ipv4Addr,
+    ) -> Result<(), AwsError> {
+        self.call(format!(
+            "AssociateAddress {allocation} {interface} {private_ip}"
+        ))?;
+        let owner = self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|i| i.interface_ids.iter().any(|e| e == interface))
+            .map(|i| i.instance_id.clone());
+        for a in self.addresses.lock().unwrap().iter_mut() {
+            if a.allocation_id == allocation {
+                a.instance_id = owner.clone();
+                a.private_ip = Some(private_ip);
+                a.association_id = Some(format!("eipassoc-{interface}-{private_ip}"));
+            }
+        }
+        Ok(())
+    }
+    async fn interface_addresses(&self, interface: &str) -> Result<InterfaceAddresses, AwsError> {
+        self.call(format!("DescribeNetworkInterfaces {interface}"))?;
+        Ok(self
+            .interfaces
+            .lock()
+            .unwrap()
+            .get(interface)
+            .cloned()
+            .unwrap_or_default())
+    }
+    async fn assign_private_addresses(&self, interface: &str, count: u32) -> Result<(), AwsError> {
+        self.call(format!("AssignPrivateIpAddresses {interface} {count}"))?;
+        let mut interfaces = self.interfaces.lock().unwrap();
+        let nic = interfaces.entry(interface.into()).or_default();
+        for _ in 0..count {
+            let last = 50 + nic.secondary.len() as u8;
+            nic.secondary.push(Ipv4Addr::new(10, 0, 1, last));
+        }
+        Ok(())
+    }
     async fn disassociate_address(&self, address: &Address) -> Result<(), AwsError> {
         self.call(format!("DisassociateAddress {}", address.allocation_id))?;
         for a in self.addresses.lock().unwrap().iter_mut() {
             if a.allocation_id == address.allocation_id {
                 a.instance_id = None;
                 a.association_id = None;
+                a.private_ip = None;
             }
         }
         Ok(())

@@ -6,7 +6,9 @@
 use async_trait::async_trait;
 pub use natron_contract::aws::AwsError;
 
-use crate::model::address::Address;
+use std::net::Ipv4Addr;
+
+use crate::model::address::{Address, InterfaceAddresses};
 use crate::model::instance::GroupInstance;
 use crate::model::RouteTable;
 
@@ -56,5 +58,22 @@ pub trait Ec2: Send + Sync {
         allocation_id: &str,
         instance_id: &str,
     ) -> Result<(), AwsError>;
+    /// Associates the address with a (secondary) private address of an
+    /// interface, taking it from any holder.
+    async fn associate_address_with(
+        &self,
+        allocation_id: &str,
+        interface_id: &str,
+        private_ip: Ipv4Addr,
+    ) -> Result<(), AwsError>;
     async fn disassociate_address(&self, address: &Address) -> Result<(), AwsError>;
+    /// The interface's private IPv4 addresses.
+    async fn interface_addresses(&self, interface_id: &str)
+        -> Result<InterfaceAddresses, AwsError>;
+    /// Adds `count` secondary private addresses, EC2 choosing them.
+    async fn assign_private_addresses(
+        &self,
+        interface_id: &str,
+        count: u32,
+    ) -> Result<(), AwsError>;
 }

@@ -39,6 +39,9 @@ pub struct ConntrackWatch {
     /// When the warning was last written to the instance's
     /// `natron:source-ports` tag.
     ports_tagged: Option<Instant>,
+    /// Public addresses new connections are translated to (the address
+    /// pool's, as the table last had it); 0 counts as 1.
+    pub(super) addresses: u32,
 }
 
 /// How often the `natron:source-ports` tag is written while the warning
@@ -107,7 +110,7 @@ impl Steps<'_> {
             }
             w.nearly_full = nearly_full;
         }
-        let capacity = self.pool().capacity;
+        let capacity = self.pool(w).capacity;
         metrics.source_port_capacity.set(capacity as i64);
         // No destination can hold more flows than the table has: below 90 %
         // of the pool in all, the last listing's verdict no longer holds.
@@ -127,10 +130,11 @@ impl Steps<'_> {
         self.publish_ports(w);
     }
 
-    /// The pool new connections are translated over: one address (the
-    /// egress interface's; masquerade) x the configured port range.
-    fn pool(&self) -> SourcePorts {
-        ports::pool(1, self.resolved.spec.port_range)
+    /// The pool new connections are translated over: its addresses (the
+    /// egress interface's alone with masquerade) x the configured port
+    /// range.
+    fn pool(&self, w: &ConntrackWatch) -> SourcePorts {
+        ports::pool(w.addresses.max(1), self.resolved.spec.port_range)
     }
 
     /// The pool, the kernel's count of refusals and the last listing.
@@ -139,7 +143,7 @@ impl Steps<'_> {
             allocation_errors: w.last.unwrap_or_default().insert_failed,
             busiest: w.busiest.clone(),
             listed_unix_ms: w.listed_unix_ms,
-            ..self.pool()
+            ..self.pool(w)
         }
     }
 
@@ -156,7 +160,7 @@ impl Steps<'_> {
     /// pool (see `core::ports::worth_listing`).
     pub async fn listing(&self, m: &mut super::Memory) {
         let w = &mut m.conntrack;
-        let capacity = self.pool().capacity;
+        let capacity = self.pool(w).capacity;
         let for_ports = ports::worth_listing(w.entries, capacity, w.port_errors_unlisted);
         let for_flowtable = self.resolved.spec.flowtable;
         if !(for_ports || for_flowtable) || w.listing_next.is_some_and(|t| Instant::now() < t) {

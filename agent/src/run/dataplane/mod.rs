@@ -4,6 +4,7 @@
 //! reads live state, changes only the difference and reports into
 //! [`Shared`]. Every step is safe to repeat after a crash.
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use natron_contract::aws::ErrorKind;
@@ -51,6 +52,12 @@ pub struct Memory {
     /// as last logged.
     pub sdc_failing: Repeats,
     pub eip_failing: Repeats,
+    /// The private addresses new connections are translated to (the
+    /// address pool); None until known: the live table's are kept.
+    pub pool: Option<Vec<Ipv4Addr>>,
+    pub pool_next: Option<Instant>,
+    pub pool_backoff: Backoff,
+    pub pool_failing: Repeats,
 }
 
 /// The wait after a failed EC2 step: at least `floor`, doubling to a
@@ -66,7 +73,6 @@ pub struct Steps<'a> {
     pub resolved: &'a Resolved,
     pub options: &'a Options,
     pub ec2: &'a dyn Ec2,
-    pub desired: Vec<NfListObject<'static>>,
 }
 
 impl Steps<'_> {
@@ -89,6 +95,7 @@ impl Steps<'_> {
         self.listing(m).await;
         self.source_dest_check(m).await;
         self.elastic_ip(m).await;
+        self.address_pool(m).await;
         let state = self.shared.snapshot();
         // systemd hears READY once this NAT forwards and translates. The
         // source/dest check waits on EC2 (credentials, throttling), which a
@@ -144,13 +151,28 @@ impl Steps<'_> {
         self.shared.update(|s| s.ec2.last_error = recent);
     }
 
+    /// The table as it should be, with the address pool.
+    fn desired(&self, m: &mut Memory) -> Vec<NfListObject<'static>> {
+        let mut spec = self.resolved.spec.clone();
+        spec.pool = m.pool.clone().unwrap_or_default();
+        crate::core::ruleset::render(&spec)
+    }
+
     /// natron's table: written when absent, repaired when it drifted.
     pub async fn ruleset(&self, m: &mut Memory) {
-        match m
-            .nft
-            .reconcile(self.edges.nft.as_ref(), &self.desired)
-            .await
-        {
+        if m.pool.is_none() && self.resolved.addresses > 1 {
+            // A restarted agent keeps translating over the pool the live
+            // table has until EC2 has been read, rather than rewrite the
+            // table twice.
+            let live = self.edges.nft.list_table().await.ok().flatten();
+            m.pool = Some(
+                live.map(|l| crate::core::ruleset::pool::translated(&l))
+                    .unwrap_or_default(),
+            );
+        }
+        let desired = self.desired(m);
+        m.conntrack.addresses = m.pool.as_ref().map_or(1, |p| p.len().max(1) as u32);
+        match m.nft.reconcile(self.edges.nft.as_ref(), &desired).await {
             Ok(pass) => {
                 if let Pass::Applied(reason) = pass {
                     if m.installed {
@@ -297,6 +319,32 @@ impl Steps<'_> {
                 Err(e) => s.problems.insert(Area::SourceDestCheck, e.to_string()),
             };
         });
+    }
+
+    /// The address pool (see `run::address_pool`), when it is due and
+    /// there is one.
+    pub async fn address_pool(&self, m: &mut Memory) {
+        if self.resolved.addresses < 2 || m.pool_next.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let out = super::address_pool::reconcile(
+            self.ec2,
+            self.shared,
+            self.resolved,
+            &mut m.pool_failing,
+        )
+        .await;
+        let wait = match out.failed {
+            None => {
+                m.pool_backoff.succeed();
+                out.next
+            }
+            Some(kind) => step_backoff(&mut m.pool_backoff, kind, out.next),
+        };
+        m.pool_next = Some(Instant::now() + wait);
+        if let Some(translating) = out.translating {
+            m.pool = Some(translating);
+        }
     }
 
     /// This AZ's Elastic IP (see `run::elastic_ip`), when it is due.

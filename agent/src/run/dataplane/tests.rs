@@ -34,7 +34,6 @@ impl World {
             resolved: &self.resolved,
             options: &self.options,
             ec2: &self.ec2,
-            desired: crate::core::ruleset::render(&self.resolved.spec),
         }
     }
 }
@@ -292,4 +291,62 @@ async fn exhausted_source_ports_are_counted_and_their_destinations_named() {
     let status = w.shared.snapshot();
     assert!(status.warnings.iter().all(|x| x.area != Area::SourcePorts));
     assert!(status.dataplane.source_ports.unwrap().busiest.is_empty());
+}
+
+/// The address pool reaches the table on the pass after EC2 gave it, the
+/// capacity counts its addresses, and a restarted agent keeps the live
+/// table's pool instead of rewriting the table before it has read EC2.
+#[tokio::test]
+async fn the_pool_is_translated_over_and_survives_a_restart() {
+    let mut w = world();
+    w.resolved.addresses = 2;
+    let eni = w.resolved.identity.interface_id.clone();
+    w.ec2.interfaces.lock().unwrap().insert(
+        eni.clone(),
+        crate::model::address::InterfaceAddresses {
+            primary: Some(w.resolved.identity.local_ipv4),
+            secondary: vec![],
+        },
+    );
+    w.ec2
+        .instances
+        .lock()
+        .unwrap()
+        .push(crate::model::instance::GroupInstance {
+            instance_id: w.resolved.identity.instance_id.clone(),
+            availability_zone: w.resolved.identity.availability_zone.clone(),
+            private_ip: Some(w.resolved.identity.local_ipv4),
+            interface_ids: vec![eni],
+            state: crate::model::InstanceState::Running,
+            heartbeat_ms: None,
+        });
+    w.ec2
+        .addresses
+        .lock()
+        .unwrap()
+        .push(crate::model::address::Address {
+            allocation_id: "eipalloc-s1".into(),
+            public_ip: "203.0.113.101".into(),
+            slot: Some(1),
+            ..Default::default()
+        });
+    let mut m = Memory::default();
+    w.steps().pass(&mut m).await;
+    w.steps().pass(&mut m).await;
+    let table = serde_json::to_string(&*w.fakes.nft.table.lock().unwrap()).unwrap();
+    assert!(table.contains("numgen"), "{table}");
+    let pool = m.pool.clone().unwrap();
+    assert_eq!(pool.len(), 2);
+    assert_eq!(m.conntrack.addresses, 2, "the capacity counts both");
+    let applies = *w.fakes.nft.applies.lock().unwrap();
+    // A restarted agent (fresh memory, EC2 failing) keeps the pool.
+    w.ec2
+        .fail_next
+        .lock()
+        .unwrap()
+        .extend((0..8).map(|_| crate::edge::ec2::fake::throttled("DescribeInstances")));
+    let mut fresh = Memory::default();
+    w.steps().pass(&mut fresh).await;
+    assert_eq!(fresh.pool, Some(pool));
+    assert_eq!(*w.fakes.nft.applies.lock().unwrap(), applies);
 }

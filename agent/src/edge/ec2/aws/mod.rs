@@ -2,6 +2,7 @@
 //! every request counted.
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -13,9 +14,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use super::Ec2;
-use crate::model::address::Address;
+use crate::model::address::{Address, InterfaceAddresses};
 use crate::model::instance::GroupInstance;
 use crate::model::{InstanceState, Labels, RouteState, RouteTable, RouteTarget, DEFAULT_ROUTE};
+use addresses::Holder;
+
+mod addresses;
 
 const SERVICE: &str = "EC2";
 
@@ -59,17 +63,6 @@ fn parse_route_table(rt: &aws_sdk_ec2::types::RouteTable) -> RouteTable {
             .and_then(|t| t.value())
             .map(str::to_string),
         default_route,
-    }
-}
-
-fn parse_address(a: &aws_sdk_ec2::types::Address) -> Address {
-    // The emulator reports an unassociated address with empty strings.
-    let some = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
-    Address {
-        allocation_id: a.allocation_id().unwrap_or_default().to_string(),
-        public_ip: a.public_ip().unwrap_or_default().to_string(),
-        association_id: some(a.association_id()),
-        instance_id: some(a.instance_id()),
     }
 }
 
@@ -429,30 +422,7 @@ impl Ec2 for AwsEc2 {
     }
 
     async fn az_addresses(&self, group: &str, az: &str) -> Result<Vec<Address>, AwsError> {
-        let (group_tag, az_tag) = (tags::GROUP, tags::AZ);
-        let resource = format!("tagged {group_tag}={group},{az_tag}={az}");
-        self.read(|| async {
-            let out = self
-                .request("DescribeAddresses")
-                .describe_addresses()
-                .filters(
-                    Filter::builder()
-                        .name(format!("tag:{group_tag}"))
-                        .values(group)
-                        .build(),
-                )
-                .filters(
-                    Filter::builder()
-                        .name(format!("tag:{az_tag}"))
-                        .values(az)
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(classify("DescribeAddresses", &resource))?;
-            Ok(out.addresses().iter().map(parse_address).collect())
-        })
-        .await
+        self.describe_az_addresses(group, az).await
     }
 
     async fn associate_address(
@@ -460,35 +430,39 @@ impl Ec2 for AwsEc2 {
         allocation_id: &str,
         instance_id: &str,
     ) -> Result<(), AwsError> {
-        let resource = format!("{allocation_id} with {instance_id}");
-        self.write(|| async {
-            self.request("AssociateAddress")
-                .associate_address()
-                .allocation_id(allocation_id)
-                .instance_id(instance_id)
-                .allow_reassociation(true)
-                .send()
-                .await
-                .map_err(classify("AssociateAddress", &resource))?;
-            Ok(())
-        })
+        self.associate(allocation_id, Holder::Instance(instance_id))
+            .await
+    }
+
+    async fn associate_address_with(
+        &self,
+        allocation_id: &str,
+        interface_id: &str,
+        private_ip: Ipv4Addr,
+    ) -> Result<(), AwsError> {
+        self.associate(
+            allocation_id,
+            Holder::PrivateAddress(interface_id, private_ip),
+        )
         .await
     }
 
     async fn disassociate_address(&self, address: &Address) -> Result<(), AwsError> {
-        let Some(association) = address.association_id.as_deref() else {
-            return Ok(());
-        };
-        let resource = format!("{} ({association})", address.allocation_id);
-        self.write(|| async {
-            self.request("DisassociateAddress")
-                .disassociate_address()
-                .association_id(association)
-                .send()
-                .await
-                .map_err(classify("DisassociateAddress", &resource))?;
-            Ok(())
-        })
-        .await
+        self.disassociate(address).await
+    }
+
+    async fn interface_addresses(
+        &self,
+        interface_id: &str,
+    ) -> Result<InterfaceAddresses, AwsError> {
+        self.describe_interface_addresses(interface_id).await
+    }
+
+    async fn assign_private_addresses(
+        &self,
+        interface_id: &str,
+        count: u32,
+    ) -> Result<(), AwsError> {
+        self.assign(interface_id, count).await
     }
 }
