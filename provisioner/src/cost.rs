@@ -38,6 +38,9 @@ pub struct Layout {
     pub gb_per_month: f64,
     /// The agents publish the NAT Gateway's metrics to CloudWatch.
     pub cloudwatch_metrics: bool,
+    /// Public addresses per NAT (`apply --addresses`), as many per NAT
+    /// gateway for the same ports.
+    pub addresses: u32,
 }
 
 /// The metrics each agent publishes (agent/src/core/cloudwatch.rs) and
@@ -112,6 +115,18 @@ pub fn estimate(prices: &Prices, layout: &Layout) -> Result<Estimate, String> {
             nat_gateway: gb * prices.internet_egress_gb,
         },
     ];
+    if layout.addresses > 1 {
+        let extra = f64::from(layout.addresses - 1);
+        lines.push(Line {
+            item: format!(
+                "{} more public IPv4 addresses for the address pools ({} a NAT, as many a gateway)",
+                (layout.addresses - 1) * layout.azs,
+                layout.addresses - 1,
+            ),
+            natron: azs * extra * prices.public_ipv4_hour * month,
+            nat_gateway: azs * extra * prices.public_ipv4_hour * month,
+        });
+    }
     if layout.cloudwatch_metrics {
         let per_nat = f64::from(CLOUDWATCH_METRICS) * prices.cloudwatch_metric_month
             + PUTS_PER_MONTH / 1000.0 * prices.cloudwatch_requests_1000;
@@ -176,6 +191,7 @@ mod tests {
             root_gib: 4,
             gb_per_month: 100.0,
             cloudwatch_metrics,
+            addresses: 1,
         };
         estimate(&Prices::bundled(), &layout).unwrap()
     }
@@ -196,6 +212,30 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_adds_its_addresses_to_both_sides() {
+        let one = two_nanos(false);
+        let layout = Layout {
+            azs: 2,
+            instance_type: "t4g.nano".into(),
+            root_gib: 4,
+            gb_per_month: 100.0,
+            cloudwatch_metrics: false,
+            addresses: 3,
+        };
+        let three = estimate(&Prices::bundled(), &layout).unwrap();
+        // 2 NATs × 2 more addresses × 0.005 × 730, on both sides.
+        let extra = 2.0 * 2.0 * 0.005 * 730.0;
+        assert!((three.natron_total - one.natron_total - extra).abs() < 1e-9);
+        assert!((three.nat_gateway_total - one.nat_gateway_total - extra).abs() < 1e-9);
+        let line = three
+            .lines
+            .iter()
+            .find(|l| l.item.contains("address pools"))
+            .unwrap();
+        assert!(line.item.starts_with("4 more public IPv4"), "{}", line.item);
+    }
+
+    #[test]
     fn unknown_instance_type_is_named() {
         let err = estimate(
             &Prices::bundled(),
@@ -205,6 +245,7 @@ mod tests {
                 root_gib: 4,
                 gb_per_month: 1.0,
                 cloudwatch_metrics: false,
+                addresses: 1,
             },
         )
         .unwrap_err();

@@ -232,6 +232,13 @@ pub struct Address {
     pub tags: Tags,
 }
 
+impl Address {
+    /// Its `natron:slot` tag: an address of a NAT's pool (None: the AZ's).
+    pub fn slot(&self) -> Option<u32> {
+        self.tags.get(natron_contract::tags::SLOT)?.parse().ok()
+    }
+}
+
 /// The launch template settings natron manages, as it reads and writes them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LaunchSpec {
@@ -289,6 +296,16 @@ pub struct Image {
     pub name: String,
     /// None when the API does not say (the emulator keeps no architecture).
     pub architecture: Option<String>,
+}
+
+/// What natron needs to know of an instance type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceTypeInfo {
+    /// Empty: the type is unknown in the region.
+    pub architectures: Vec<String>,
+    /// Private IPv4 addresses one interface may have (the address pool's
+    /// limit); None when the API does not say.
+    pub addresses_per_interface: Option<u32>,
 }
 
 impl Inventory {

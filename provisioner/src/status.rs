@@ -109,7 +109,10 @@ pub fn status(inv: &Inventory, group: &str) -> Status {
                         elastic_ip: inv
                             .addresses
                             .iter()
-                            .find(|a| a.instance_id.as_deref() == Some(i.id.as_str()))
+                            .find(|a| {
+                                a.instance_id.as_deref() == Some(i.id.as_str())
+                                    && a.slot().is_none()
+                            })
                             .and_then(|a| a.public_ip),
                         source_dest_check: i.source_dest_check,
                         tables: rows,

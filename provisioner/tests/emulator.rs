@@ -67,7 +67,11 @@ async fn apply_check_break_destroy() {
     assert!(tagged_g1(&role.tags));
     assert_eq!(
         role.policies["natron-agent"],
-        natron::documents::agent_policy("g1", "aws", true)
+        natron::documents::agent_policy(
+            "g1",
+            "aws",
+            &natron::documents::AgentOptions::with_metrics(true)
+        )
     );
     assert!(tagged_g1(&inv.instance_profile.as_ref().unwrap().tags));
     let lt = inv.launch_template.as_ref().unwrap();
@@ -555,6 +559,7 @@ async fn interrupted_apply_resumes_cleanly() {
         instance_type: "t4g.nano".into(),
         elastic_ips: false,
         cloudwatch_metrics: false,
+        addresses: 1,
         remove: vec![],
     };
     let plan = |cloud: Aws| {

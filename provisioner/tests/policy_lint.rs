@@ -6,13 +6,18 @@ use natron::documents::agent_policy;
 #[test]
 fn parliament_finds_nothing_in_the_agent_policy() {
     let parliament = natron_lab::emulator::venv_tool("parliament").unwrap();
-    for (partition, metrics) in [
-        ("aws", false),
-        ("aws", true),
-        ("aws-cn", true),
-        ("aws-us-gov", true),
+    for (partition, metrics, addresses) in [
+        ("aws", false, 1),
+        ("aws", true, 1),
+        ("aws", false, 3),
+        ("aws-cn", true, 2),
+        ("aws-us-gov", true, 2),
     ] {
-        let policy = agent_policy("prod", partition, metrics).to_string();
+        let options = natron::documents::AgentOptions {
+            cloudwatch_metrics: metrics,
+            addresses,
+        };
+        let policy = agent_policy("prod", partition, &options).to_string();
         let out = std::process::Command::new(&parliament)
             .args(["--string", &policy])
             .stdin(std::process::Stdio::null())
@@ -21,7 +26,7 @@ fn parliament_finds_nothing_in_the_agent_policy() {
         let findings = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && findings.trim().is_empty(),
-            "parliament on the {partition} policy (metrics {metrics}): {}\n{findings}{}",
+            "parliament on the {partition} policy (metrics {metrics}, {addresses} addresses): {}\n{findings}{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );

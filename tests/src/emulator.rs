@@ -31,6 +31,26 @@ pub fn moto_server_path() -> Result<PathBuf, LabError> {
     }
 }
 
+/// moto_server with the EC2 behaviour the lab needs and moto lacks (an
+/// Elastic IP on a secondary private address); run with the venv's python3.
+pub const MOTO_NATRON_PY: &str = include_str!("moto_natron.py");
+
+/// The program and leading arguments that start the emulator: the venv's
+/// python3 running [`MOTO_NATRON_PY`] (written next to `log`), or
+/// `$NATRON_MOTO_SERVER` as it is when set.
+fn server_command(log: &std::path::Path) -> Result<(PathBuf, Vec<String>), LabError> {
+    if let Some(p) = std::env::var_os("NATRON_MOTO_SERVER") {
+        return Ok((p.into(), Vec::new()));
+    }
+    let script = log.with_file_name("moto_natron.py");
+    std::fs::write(&script, MOTO_NATRON_PY)
+        .map_err(|e| LabError::Setup(format!("{}: {e}", script.display())))?;
+    Ok((
+        venv_tool("python3")?,
+        vec![script.to_string_lossy().into_owned()],
+    ))
+}
+
 /// Deploys a CloudFormation template on the emulator and fills the
 /// emulator's measured CloudFormation gaps; run with the venv's python3
 /// (`venv_tool("python3")`): `deploy_stack.py NAME TEMPLATE.json
@@ -53,7 +73,8 @@ pub fn venv_tool(name: &str) -> Result<PathBuf, LabError> {
 
 /// Starts moto in `ns`, listening on all of that namespace's addresses.
 pub fn start(ns: &str, log: &std::path::Path) -> Result<Child, LabError> {
-    let program = moto_server_path()?;
+    let (program, mut args) = server_command(log)?;
+    args.extend(["-H".into(), "0.0.0.0".into(), "-p".into(), PORT.to_string()]);
     let env = vec![
         (
             "MOTO_EC2_LOAD_DEFAULT_AMIS".to_string(),
@@ -61,13 +82,7 @@ pub fn start(ns: &str, log: &std::path::Path) -> Result<Child, LabError> {
         ),
         ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
     ];
-    exec::spawn_in_ns(
-        ns,
-        &program,
-        &["-H".into(), "0.0.0.0".into(), "-p".into(), PORT.to_string()],
-        &env,
-        log,
-    )
+    exec::spawn_in_ns(ns, &program, &args, &env, log)
 }
 
 /// moto on the host's 127.0.0.1 at a free port, for tests that need only
@@ -87,17 +102,14 @@ impl Loopback {
             "MOTO_EC2_LOAD_DEFAULT_AMIS".to_string(),
             "false".to_string(),
         )];
-        let child = exec::spawn_on_host(
-            &moto_server_path()?,
-            &[
-                "-H".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-            ],
-            &env,
-            &log,
-        )?;
+        let (program, mut args) = server_command(&log)?;
+        args.extend([
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ]);
+        let child = exec::spawn_on_host(&program, &args, &env, &log)?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let emulator = Loopback {
             endpoint,

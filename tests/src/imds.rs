@@ -267,6 +267,7 @@ mod tests {
             source_dest_check: true,
             tags: BTreeMap::from([("natron:group".to_string(), "lab".to_string())]),
             metadata_tags: false,
+            secondary: vec![],
         };
         let v = VpcView {
             vpc_id: "vpc-1".into(),

@@ -124,6 +124,23 @@ pub fn render(view: &VpcView, attachments: &Attachments, ids: &mut TableIds) -> 
         if let (Some(public), true) = (i.public_ip, i.state == "running") {
             config.public_ips.insert(i.private_ip, public);
         }
+        // A running instance's secondary addresses are delivered to its
+        // link as AWS's mapping service does (no ARP for them), and those
+        // with an Elastic IP are translated by the IGW.
+        if i.state == "running" {
+            for (secondary, public) in &i.secondary {
+                config.tables.entry(DELIVERY_TABLE).or_default().insert(
+                    Ipv4Net::from(*secondary),
+                    Hop::Via {
+                        gateway: i.private_ip,
+                        dev: dev.clone(),
+                    },
+                );
+                if let Some(public) = public {
+                    config.public_ips.insert(*secondary, *public);
+                }
+            }
+        }
     }
     config
 }
@@ -133,7 +150,10 @@ pub fn render(view: &VpcView, attachments: &Attachments, ids: &mut TableIds) -> 
 pub fn route_commands(old: &RouterConfig, new: &RouterConfig) -> Vec<String> {
     let mut cmds = Vec::new();
     let empty = BTreeMap::new();
-    for (table, routes) in &new.tables {
+    let tables: std::collections::BTreeSet<&u32> =
+        new.tables.keys().chain(old.tables.keys()).collect();
+    for table in tables {
+        let routes = new.tables.get(table).unwrap_or(&empty);
         let before = old.tables.get(table).unwrap_or(&empty);
         for (dest, hop) in routes {
             if before.get(dest) != Some(hop) {
@@ -148,12 +168,13 @@ pub fn route_commands(old: &RouterConfig, new: &RouterConfig) -> Vec<String> {
         }
         for (dest, hop) in before {
             if !routes.contains_key(dest) {
-                let kind = match hop {
-                    Hop::Local => "throw ",
-                    Hop::Blackhole => "blackhole ",
-                    Hop::Via { .. } => "",
-                };
-                cmds.push(format!("route del {kind}{dest} table {table}"));
+                cmds.push(match hop {
+                    Hop::Local => format!("route del throw {dest} table {table}"),
+                    Hop::Blackhole => format!("route del blackhole {dest} table {table}"),
+                    // The kernel drops a route through a link set down (a
+                    // killed NAT's): gone already is fine.
+                    Hop::Via { .. } => format!("route flush exact {dest} table {table}"),
+                });
             }
         }
     }
@@ -264,6 +285,7 @@ mod tests {
             source_dest_check: sdc,
             tags: BTreeMap::new(),
             metadata_tags: true,
+            secondary: vec![],
         }
     }
 
@@ -343,6 +365,40 @@ mod tests {
             vec!["i-cli"]
         );
         assert_eq!(c.public_ips.len(), 1);
+    }
+
+    #[test]
+    fn secondary_addresses_are_delivered_via_their_instance_and_translated() {
+        let mut v = view();
+        let (with_eip, without): (Ipv4Addr, Ipv4Addr) =
+            ("10.0.0.50".parse().unwrap(), "10.0.0.51".parse().unwrap());
+        v.instances[0].secondary = vec![
+            (with_eip, Some("203.0.113.101".parse().unwrap())),
+            (without, None),
+        ];
+        let mut ids = TableIds::default();
+        let c = render(&v, &attachments(), &mut ids);
+        let via_nat = Hop::Via {
+            gateway: "10.0.0.10".parse().unwrap(),
+            dev: "i-nat".into(),
+        };
+        assert_eq!(c.tables[&DELIVERY_TABLE][&Ipv4Net::from(with_eip)], via_nat);
+        assert_eq!(c.tables[&DELIVERY_TABLE][&Ipv4Net::from(without)], via_nat);
+        assert_eq!(
+            c.public_ips[&with_eip],
+            "203.0.113.101".parse::<Ipv4Addr>().unwrap()
+        );
+        assert!(
+            !c.public_ips.contains_key(&without),
+            "no public address: dropped at the IGW"
+        );
+        // Stopped: neither delivered nor translated; the route is removed.
+        v.instances[0].state = "stopped".into();
+        let stopped = render(&v, &attachments(), &mut ids);
+        assert!(!stopped.tables.contains_key(&DELIVERY_TABLE));
+        assert!(route_commands(&c, &stopped).contains(&format!(
+            "route flush exact 10.0.0.50/32 table {DELIVERY_TABLE}"
+        )));
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct InstanceView {
     pub tags: BTreeMap<String, String>,
     /// Instance tags exposed in IMDS (MetadataOptions.InstanceMetadataTags).
     pub metadata_tags: bool,
+    /// The primary interface's secondary private addresses (a NAT's
+    /// address pool), each with the Elastic IP associated with it.
+    pub secondary: Vec<(Ipv4Addr, Option<Ipv4Addr>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +105,25 @@ pub async fn read(ec2: &Client, vpc_id: &str) -> Result<VpcView, LabError> {
         .send()
         .await
         .map_err(|e| err("DescribeInstances", e))?;
+    // Elastic IPs on secondary private addresses, by (interface, address).
+    let addresses = ec2
+        .describe_addresses()
+        .send()
+        .await
+        .map_err(|e| err("DescribeAddresses", e))?;
+    let on_secondary: BTreeMap<(String, Ipv4Addr), Ipv4Addr> = addresses
+        .addresses()
+        .iter()
+        .filter_map(|a| {
+            Some((
+                (
+                    a.network_interface_id()?.to_string(),
+                    a.private_ip_address()?.parse().ok()?,
+                ),
+                a.public_ip()?.parse().ok()?,
+            ))
+        })
+        .collect();
     let mut instances = Vec::new();
     for i in out.reservations().iter().flat_map(|r| r.instances()) {
         let nic = i.network_interfaces().first();
@@ -111,7 +133,20 @@ pub async fn read(ec2: &Client, vpc_id: &str) -> Result<VpcView, LabError> {
         ) else {
             continue;
         };
+        let interface_id = nic
+            .and_then(|n| n.network_interface_id())
+            .unwrap_or_default()
+            .to_string();
+        let secondary = nic
+            .map(|n| n.private_ip_addresses())
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.primary() != Some(true))
+            .filter_map(|p| p.private_ip_address()?.parse().ok())
+            .map(|ip: Ipv4Addr| (ip, on_secondary.get(&(interface_id.clone(), ip)).copied()))
+            .collect();
         instances.push(InstanceView {
+            secondary,
             id: id.to_string(),
             state: i
                 .state()
@@ -126,10 +161,7 @@ pub async fn read(ec2: &Client, vpc_id: &str) -> Result<VpcView, LabError> {
                 .to_string(),
             private_ip: ip,
             public_ip: i.public_ip_address().and_then(|p| p.parse().ok()),
-            interface_id: nic
-                .and_then(|n| n.network_interface_id())
-                .unwrap_or_default()
-                .to_string(),
+            interface_id,
             mac: nic
                 .and_then(|n| n.mac_address())
                 .unwrap_or_default()

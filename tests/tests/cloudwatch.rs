@@ -146,7 +146,11 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
     lab.wait_egress(1, b);
 
     // Every call is one the policy `apply --cloudwatch-metrics` writes allows.
-    let policy = natron::documents::agent_policy(&lab.spec.group, "aws", true);
+    let policy = natron::documents::agent_policy(
+        &lab.spec.group,
+        "aws",
+        &natron::documents::AgentOptions::with_metrics(true),
+    );
     let allowed = natron::documents::allowed_actions(&policy);
     let called: std::collections::BTreeSet<String> = lab
         .ec2_proxy

@@ -4,7 +4,10 @@
 #[test]
 fn the_user_data_natron_apply_writes_is_a_valid_agent_configuration() {
     for metrics in [false, true] {
-        let text = natron::documents::agent_config("prod-1", metrics);
+        let text = natron::documents::agent_config(
+            "prod-1",
+            &natron::documents::AgentOptions::with_metrics(metrics),
+        );
         let settings = natron_agent::core::config::Config::parse("user-data", &text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(settings.group.as_deref(), Some("prod-1"));

@@ -20,7 +20,7 @@ fn two_azs(hold_down: Duration) -> TwoAzs {
 /// request's action against the Action elements only: neither Resource
 /// nor Condition), checked here without turning authorization on.
 fn only_calls_the_policy_allows(s: &TwoAzs) {
-    let policy = natron::documents::agent_policy(&s.lab.spec.group, "aws", false);
+    let policy = natron::documents::agent_policy(&s.lab.spec.group, "aws", &Default::default());
     let allowed = natron::documents::allowed_actions(&policy);
     let called: std::collections::BTreeSet<String> = s
         .lab

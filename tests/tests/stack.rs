@@ -41,6 +41,7 @@ fn agents_serve_the_tables_of_an_exported_stack() {
                 instance_type: "t4g.nano".into(),
                 elastic_ips: false,
                 cloudwatch_metrics: false,
+                addresses: 1,
                 remove: vec![],
             };
             let image = Image {

@@ -150,7 +150,10 @@ mod tests {
             slot: Some(1),
             ..address("eipalloc-0", None)
         };
-        assert_eq!(decide(std::slice::from_ref(&pool), "i-me", &[]), Step::NoAddress);
+        assert_eq!(
+            decide(std::slice::from_ref(&pool), "i-me", &[]),
+            Step::NoAddress
+        );
         let az = address("eipalloc-5", None);
         assert_eq!(
             decide(&[pool, az.clone()], "i-me", &[]),

@@ -27,7 +27,7 @@ impl Cloud for FakeCloud {
     async fn find_image(&self, _choice: &ImageChoice) -> Result<Image, CloudError> {
         unreachable!("the runner never looks for images")
     }
-    async fn instance_architectures(&self, _t: &str) -> Result<Vec<String>, CloudError> {
+    async fn instance_type(&self, _t: &str) -> Result<crate::model::InstanceTypeInfo, CloudError> {
         unreachable!("the runner never looks at instance types")
     }
     async fn execute(
@@ -150,9 +150,15 @@ fn associate(table: Ref, in_use: bool) -> Action {
 async fn associations_of_subnets_in_use_wait_and_a_stop_says_how_far_it_got() {
     let cloud = FakeCloud::default();
     let p = plan(vec![
-        Action::AllocateAddress { az: "az-a".into() },
+        Action::AllocateAddress {
+            az: "az-a".into(),
+            slot: None,
+        },
         associate(Ref::Id("rtb-n".into()), true),
-        Action::AllocateAddress { az: "az-b".into() },
+        Action::AllocateAddress {
+            az: "az-b".into(),
+            slot: None,
+        },
     ]);
     let mut runner = Runner::new(&cloud, "vpc-1", "g");
     let outcome = runner.run(&p, &mut keep_going).await.unwrap();

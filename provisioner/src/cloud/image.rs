@@ -1,11 +1,11 @@
-//! Finding the AMI and the instance type's architectures.
+//! Finding the AMI and what the instance type is (architectures, addresses per interface).
 
 use aws_sdk_ec2::types as ec2t;
 use natron_contract::aws::AwsError;
 
 use super::convert::*;
 use super::{fail, Aws, ImageChoice, EC2};
-use crate::model::Image;
+use crate::model::{Image, InstanceTypeInfo};
 
 impl Aws {
     pub(super) async fn image(&self, choice: &ImageChoice) -> Result<Image, AwsError> {
@@ -49,7 +49,12 @@ impl Aws {
         })
     }
 
-    pub(super) async fn architectures(&self, instance_type: &str) -> Result<Vec<String>, AwsError> {
+    /// The type's architectures (none: unknown in the region) and its
+    /// private IPv4 addresses per interface.
+    pub(super) async fn instance_type_info(
+        &self,
+        instance_type: &str,
+    ) -> Result<InstanceTypeInfo, AwsError> {
         let out = self
             .ec2
             .describe_instance_types()
@@ -57,20 +62,28 @@ impl Aws {
             .send()
             .await;
         match out {
-            Ok(out) => Ok(out
-                .instance_types()
-                .iter()
-                .flat_map(|t| {
-                    t.processor_info()
-                        .map(|p| p.supported_architectures().to_vec())
-                        .unwrap_or_default()
+            Ok(out) => {
+                let types = out.instance_types();
+                Ok(InstanceTypeInfo {
+                    architectures: types
+                        .iter()
+                        .flat_map(|t| {
+                            t.processor_info()
+                                .map(|p| p.supported_architectures().to_vec())
+                                .unwrap_or_default()
+                        })
+                        .map(|a| a.as_str().to_string())
+                        .collect(),
+                    addresses_per_interface: types
+                        .iter()
+                        .find_map(|t| t.network_info()?.ipv4_addresses_per_interface())
+                        .and_then(|n| u32::try_from(n).ok()),
                 })
-                .map(|a| a.as_str().to_string())
-                .collect()),
+            }
             Err(e) => {
                 let e = fail(EC2, "DescribeInstanceTypes", instance_type)(e);
                 if e.code.as_deref() == Some("InvalidInstanceType") {
-                    Ok(vec![])
+                    Ok(InstanceTypeInfo::default())
                 } else {
                     Err(e)
                 }

@@ -62,8 +62,9 @@ pub enum ImageChoice {
 pub trait Cloud: Send + Sync {
     async fn inventory(&self, vpc_id: &str, group: &str) -> Result<Inventory, CloudError>;
     async fn find_image(&self, choice: &ImageChoice) -> Result<Image, CloudError>;
-    /// Architectures of an instance type; empty when the type is unknown.
-    async fn instance_architectures(&self, instance_type: &str) -> Result<Vec<String>, CloudError>;
+    /// An instance type's architectures (empty when the type is unknown)
+    /// and private IPv4 addresses per interface.
+    async fn instance_type(&self, instance_type: &str) -> Result<InstanceTypeInfo, CloudError>;
     /// Carries out an action whose references are all [`Ref::Id`]; returns
     /// the id of what it created.
     async fn execute(
@@ -105,8 +106,8 @@ impl Cloud for Aws {
         self.image(choice).await
     }
 
-    async fn instance_architectures(&self, instance_type: &str) -> Result<Vec<String>, CloudError> {
-        self.architectures(instance_type).await
+    async fn instance_type(&self, instance_type: &str) -> Result<InstanceTypeInfo, CloudError> {
+        self.instance_type_info(instance_type).await
     }
 
     async fn execute(

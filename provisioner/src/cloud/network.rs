@@ -78,14 +78,16 @@ impl Aws {
                     .map_err(fail(EC2, "AuthorizeSecurityGroupEgress", sg))?;
                 Ok(None)
             }
-            AllocateAddress { az } => {
+            AllocateAddress { az, slot } => {
+                let slot = slot.map(|s| s.to_string());
+                let mut tags = vec![(GROUP_TAG, group), (AZ_TAG, az.as_str())];
+                if let Some(slot) = &slot {
+                    tags.push((natron_contract::tags::SLOT, slot));
+                }
                 let out = ec2
                     .allocate_address()
                     .domain(ec2t::DomainType::Vpc)
-                    .tag_specifications(tag_spec(
-                        ec2t::ResourceType::ElasticIp,
-                        &[(GROUP_TAG, group), (AZ_TAG, az)],
-                    ))
+                    .tag_specifications(tag_spec(ec2t::ResourceType::ElasticIp, &tags))
                     .send()
                     .await
                     .map_err(fail(EC2, "AllocateAddress", az))?;

@@ -170,7 +170,7 @@ pub fn cloudformation(
             "Type": "AWS::IAM::Policy",
             "Properties": {
                 "PolicyName": Names::POLICY,
-                "PolicyDocument": documents::agent_policy(group, partition, layout.cloudwatch_metrics),
+                "PolicyDocument": documents::agent_policy(group, partition, &layout.agent_options()),
                 "Roles": [{ "Ref": "AgentRole" }],
             }
         }),
@@ -212,7 +212,7 @@ pub fn cloudformation(
                         "HttpEndpoint": "enabled",
                         "InstanceMetadataTags": "enabled",
                     },
-                    "UserData": base64(&documents::agent_config(group, layout.cloudwatch_metrics)),
+                    "UserData": base64(&documents::agent_config(group, &layout.agent_options())),
                     "TagSpecifications": [
                         group_tag("instance"),
                         group_tag("volume"),
@@ -266,6 +266,22 @@ pub fn cloudformation(
                     "Properties": {
                         "Domain": "vpc",
                         "Tags": tags(&[(GROUP_TAG, json!(group)), (AZ_TAG, json!(zone.az))]),
+                    }
+                }),
+            );
+        }
+        for slot in 1..layout.addresses {
+            resources.insert(
+                format!("ElasticIp{}Slot{slot}", logical(&zone.az)),
+                json!({
+                    "Type": "AWS::EC2::EIP",
+                    "Properties": {
+                        "Domain": "vpc",
+                        "Tags": tags(&[
+                            (GROUP_TAG, json!(group)),
+                            (AZ_TAG, json!(zone.az)),
+                            (natron_contract::tags::SLOT, json!(slot.to_string())),
+                        ]),
                     }
                 }),
             );

@@ -50,7 +50,7 @@ fn every_resource_of_apply_is_in_the_template_tagged_alike() {
     let r = &e.template["Resources"];
     assert_eq!(
         r["AgentPolicy"]["Properties"]["PolicyDocument"],
-        documents::agent_policy("g", "aws", true)
+        documents::agent_policy("g", "aws", &documents::AgentOptions::with_metrics(true))
     );
     assert_eq!(
         r["NatGroupAzB"]["Properties"]["LifecycleHookSpecificationList"][0]["LifecycleHookName"],
@@ -111,4 +111,24 @@ fn a_subnet_in_use_keeps_its_way_out_and_its_own_table() {
 fn logical_ids_are_alphanumeric() {
     assert_eq!(logical("us-east-1a"), "UsEast1a");
     assert_eq!(logical("subnet-0abc"), "Subnet0abc");
+}
+
+#[test]
+fn an_address_pool_is_in_the_template_with_its_slots() {
+    let inv = fixtures::vpc();
+    let mut req = fixtures::request();
+    req.addresses = 2;
+    let l = layout::resolve(&req, &inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+    let e = cloudformation(&l, &inv, "aws", 9100);
+    let r = &e.template["Resources"];
+    let tags = r["ElasticIpAzBSlot1"]["Properties"]["Tags"].to_string();
+    assert!(
+        tags.contains(r#""Key":"natron:slot","Value":"1""#),
+        "{tags}"
+    );
+    assert!(r.get("ElasticIpAzASlot2").is_none());
+    assert_eq!(
+        r["AgentPolicy"]["Properties"]["PolicyDocument"],
+        documents::agent_policy("g", "aws", &l.agent_options())
+    );
 }

@@ -64,6 +64,8 @@ pub struct Request {
     pub elastic_ips: bool,
     /// The agents publish the NAT Gateway's metrics to CloudWatch.
     pub cloudwatch_metrics: bool,
+    /// Each NAT's address pool (`--addresses`): 1 + an Elastic IP per slot.
+    pub addresses: u32,
     /// Served subnets to stop serving (`--remove-private`).
     pub remove: Vec<String>,
 }
@@ -76,6 +78,8 @@ pub struct Layout {
     pub instance_type: String,
     pub elastic_ips: bool,
     pub cloudwatch_metrics: bool,
+    /// Each NAT's address pool (`nat.addresses`).
+    pub addresses: u32,
     pub zones: Vec<Zone>,
     /// Subnets the group serves today and stops serving.
     pub released: Vec<Released>,
@@ -168,6 +172,19 @@ pub fn validate_group(group: &str) -> Result<(), String> {
             "group {group:?}: use 1 to 32 characters of a-z, 0-9 and '-', not starting with '-'"
         ))
     }
+}
+
+/// The address pool against the instance type's limit of private
+/// addresses per interface (unknown: not checked; the agent reports
+/// EC2's refusal).
+pub fn check_addresses(req: &Request, per_interface: Option<u32>) -> Option<String> {
+    let limit = per_interface?;
+    (req.addresses > limit).then(|| {
+        format!(
+            "--addresses {}: instance type {} allows {limit} private IPv4 addresses per interface; give at most {limit} or a larger type",
+            req.addresses, req.instance_type
+        )
+    })
 }
 
 /// Checks the request against the VPC and the chosen image. `image` is
@@ -375,6 +392,7 @@ pub fn resolve(
             instance_type: req.instance_type.clone(),
             elastic_ips: req.elastic_ips,
             cloudwatch_metrics: req.cloudwatch_metrics,
+            addresses: req.addresses,
             zones,
             released,
             stale_tables,
@@ -473,3 +491,13 @@ fn join(nets: &[Ipv4Net]) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+impl Layout {
+    /// What the agents' user data and IAM policy turn on.
+    pub fn agent_options(&self) -> crate::documents::AgentOptions {
+        crate::documents::AgentOptions {
+            cloudwatch_metrics: self.cloudwatch_metrics,
+            addresses: self.addresses,
+        }
+    }
+}

@@ -75,6 +75,7 @@ pub fn request() -> Request {
         instance_type: DEFAULT_INSTANCE_TYPE.into(),
         elastic_ips: false,
         cloudwatch_metrics: false,
+        addresses: 1,
         remove: vec![],
     }
 }

@@ -73,8 +73,12 @@ pub enum Action {
         template_id: String,
         launch: PlannedLaunch,
     },
+    /// The AZ's address (`slot` None, `--elastic-ip`) or one of its
+    /// NAT's address pool (`--addresses`).
     AllocateAddress {
         az: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slot: Option<u32>,
     },
     /// Tagged with the group, the AZ and the subnet, with no route: the
     /// agent of that AZ claims 0.0.0.0/0.
@@ -225,7 +229,14 @@ impl fmt::Display for Action {
                 "new default version of launch template {template_id} ({} {}); running NATs keep theirs until replaced",
                 launch.image_id, launch.instance_type
             ),
-            AllocateAddress { az } => write!(f, "allocate an Elastic IP for {az}"),
+            AllocateAddress { az, slot: None } => write!(f, "allocate an Elastic IP for {az}"),
+            AllocateAddress {
+                az,
+                slot: Some(slot),
+            } => write!(
+                f,
+                "allocate an Elastic IP for {az}'s address pool, slot {slot}"
+            ),
             CreateRouteTable { az, subnet, .. } => {
                 write!(f, "create route table for {subnet} ({az})")
             }

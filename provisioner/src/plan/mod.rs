@@ -10,11 +10,10 @@ use ipnet::Ipv4Net;
 
 use crate::documents;
 use crate::layout::{Layout, Names};
-use crate::model::{
-    has_tag, Inventory, LaunchSpec, Peer, Permission, Tags, AZ_TAG, GROUP_TAG, SUBNET_TAG,
-};
+use crate::model::{has_tag, Inventory, LaunchSpec, Peer, Permission, Tags, GROUP_TAG, SUBNET_TAG};
 
 mod action;
+mod addresses;
 mod destroy;
 #[cfg(test)]
 mod tests;
@@ -155,7 +154,7 @@ pub fn plan(
 
     // IAM.
     let role_name = Names::role(group);
-    let policy = documents::agent_policy(group, partition, layout.cloudwatch_metrics);
+    let policy = documents::agent_policy(group, partition, &layout.agent_options());
     match adopt(
         inv.role.as_ref(),
         |r| (&r.tags, None),
@@ -220,7 +219,7 @@ pub fn plan(
         instance_type: layout.instance_type.clone(),
         instance_profile: profile_name,
         security_group: sg_ref.clone(),
-        user_data: documents::agent_config(group, layout.cloudwatch_metrics),
+        user_data: documents::agent_config(group, &layout.agent_options()),
     };
     let lt_name = Names::launch_template(group);
     let template_ref = match adopt(
@@ -253,20 +252,7 @@ pub fn plan(
         }
     };
 
-    // Elastic IPs.
-    if layout.elastic_ips {
-        for zone in &layout.zones {
-            if !inv
-                .addresses
-                .iter()
-                .any(|x| has_tag(&x.tags, GROUP_TAG, group) && has_tag(&x.tags, AZ_TAG, &zone.az))
-            {
-                a.push(Action::AllocateAddress {
-                    az: zone.az.clone(),
-                });
-            }
-        }
-    }
+    addresses::plan(layout, inv, a);
 
     // Route tables, one per private subnet; associations of subnets in use
     // wait for their NAT (below, after the NATs exist).

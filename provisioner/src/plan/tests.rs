@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::layout::{self, tests as fixtures};
-use crate::model::{Association, AutoScalingGroup, RouteTable, SecurityGroup, Tags, PREVIOUS_TAG};
+use crate::model::{
+    Address, Association, AutoScalingGroup, RouteTable, SecurityGroup, Tags, AZ_TAG, PREVIOUS_TAG,
+};
 
 fn layout() -> Layout {
     layout::resolve(
@@ -278,4 +280,88 @@ fn the_table_and_rule_of_a_deleted_subnet_go() {
         .notes
         .iter()
         .any(|n| n.contains("made for subnet-xa, which no longer exists")));
+}
+
+fn pool_layout(addresses: u32, inv: &Inventory) -> Layout {
+    let mut req = fixtures::request();
+    req.addresses = addresses;
+    layout::resolve(&req, inv, Ok(fixtures::image()), &["arm64".into()]).unwrap()
+}
+
+/// `--addresses 3`: two slot addresses per AZ, tagged so the agent finds
+/// them; a second apply allocates nothing; a smaller pool releases the
+/// slots beyond it; the agents are told the pool's size and may assign
+/// addresses.
+#[test]
+fn an_address_pool_allocates_its_slots_once_and_releases_those_beyond_it() {
+    let inv = fixtures::vpc();
+    let p = plan(&pool_layout(3, &inv), &inv, "aws", 9100).unwrap();
+    let slots: Vec<String> = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::AllocateAddress { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        slots,
+        [
+            "allocate an Elastic IP for az-a's address pool, slot 1",
+            "allocate an Elastic IP for az-a's address pool, slot 2",
+            "allocate an Elastic IP for az-b's address pool, slot 1",
+            "allocate an Elastic IP for az-b's address pool, slot 2",
+        ]
+    );
+    let text = format!("{:?}", p.actions);
+    assert!(text.contains("addresses = 3"), "user data: {text}");
+    assert!(text.contains("AssignPrivateIpAddresses"), "policy: {text}");
+
+    let mut after = fixtures::vpc();
+    for (az, slot) in [("az-a", 1), ("az-a", 2), ("az-b", 1), ("az-b", 2)] {
+        after.addresses.push(Address {
+            allocation_id: format!("eipalloc-{az}-{slot}"),
+            public_ip: None,
+            instance_id: None,
+            association_id: Some(format!("eipassoc-{az}-{slot}")),
+            tags: group_tags(&[
+                (AZ_TAG, az),
+                (natron_contract::tags::SLOT, &slot.to_string()),
+            ]),
+        });
+    }
+    let again = plan(&pool_layout(3, &after), &after, "aws", 9100).unwrap();
+    assert!(
+        !again.actions.iter().any(|a| matches!(
+            a,
+            Action::AllocateAddress { .. } | Action::ReleaseAddress { .. }
+        )),
+        "{:?}",
+        again.actions
+    );
+    let smaller = plan(&pool_layout(2, &after), &after, "aws", 9100).unwrap();
+    let released: Vec<String> = smaller
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::ReleaseAddress { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        released,
+        [
+            "release Elastic IP eipalloc-az-a-2",
+            "release Elastic IP eipalloc-az-b-2"
+        ]
+    );
+}
+
+#[test]
+fn a_pool_larger_than_the_instance_type_allows_is_refused_naming_both() {
+    let mut req = fixtures::request();
+    req.addresses = 3;
+    let e = layout::check_addresses(&req, Some(2)).unwrap();
+    assert!(
+        e.contains("--addresses 3") && e.contains(&req.instance_type) && e.contains("allows 2"),
+        "{e}"
+    );
+    assert_eq!(layout::check_addresses(&req, Some(4)), None);
+    assert_eq!(layout::check_addresses(&req, None), None);
 }

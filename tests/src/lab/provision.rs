@@ -191,6 +191,24 @@ pub(super) async fn provision(
             .send()
             .await
             .map_err(emu("AllocateAddress"))?;
+        // The address pool's, tagged with their slot as `natron apply
+        // --addresses` tags them.
+        for slot in 1..spec.addresses {
+            ec2.allocate_address()
+                .domain(aws_sdk_ec2::types::DomainType::Vpc)
+                .address(az.slot_eip(slot).to_string())
+                .tag_specifications(tags(
+                    ResourceType::ElasticIp,
+                    &[
+                        ("natron:group", &spec.group),
+                        ("natron:az", &az.name),
+                        (natron_contract::tags::SLOT, &slot.to_string()),
+                    ],
+                ))
+                .send()
+                .await
+                .map_err(emu("AllocateAddress"))?;
+        }
         out.nats.push(nat);
         out.clients.push(
             launch(

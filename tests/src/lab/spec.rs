@@ -33,6 +33,15 @@ pub struct AzSpec {
     pub eip: Ipv4Addr,
 }
 
+impl AzSpec {
+    /// The Elastic IP of the address pool's `slot` (1 to N-1) in this AZ,
+    /// 203.0.113.(100 + 10 x AZ index + slot).
+    pub fn slot_eip(&self, slot: u32) -> Ipv4Addr {
+        let az = u32::from(self.letter) - u32::from('a');
+        Ipv4Addr::new(203, 0, 113, (100 + 10 * az + slot) as u8)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LabSpec {
     pub group: String,
@@ -44,6 +53,9 @@ pub struct LabSpec {
     /// untagged (no agent claims it). natron's tables then come from
     /// elsewhere (a CloudFormation stack).
     pub user_tables: bool,
+    /// Each AZ's address pool (`nat.addresses`): 1 + the slot Elastic IPs
+    /// allocated and tagged as `natron apply --addresses` does.
+    pub addresses: u32,
 }
 
 /// The NAT of AZ `az` is `image` booted under QEMU, on a TAP device
@@ -79,7 +91,16 @@ impl LabSpec {
             azs,
             vm_nat: None,
             user_tables: false,
+            addresses: 1,
         }
+    }
+
+    /// Each AZ has `n - 1` Elastic IPs for the address pool's slots (at
+    /// most 9: see [`AzSpec::slot_eip`]).
+    pub fn with_addresses(mut self, n: u32) -> LabSpec {
+        assert!((1..10).contains(&n), "the lab has room for 9 slots an AZ");
+        self.addresses = n;
+        self
     }
 
     /// The private subnets' route tables are the user's own, untagged.

@@ -102,6 +102,10 @@ pub enum Cmd {
         /// Include the NAT Gateway's metrics in CloudWatch (`apply --cloudwatch-metrics`).
         #[arg(long)]
         cloudwatch_metrics: bool,
+        /// Public addresses per NAT (`apply --addresses`): the extra
+        /// Elastic IPs' hourly price.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+        addresses: u32,
     },
 }
 
@@ -181,4 +185,10 @@ pub struct Topology {
     /// (namespace natron; about $3 a NAT a month: `natron cost`).
     #[arg(long)]
     pub cloudwatch_metrics: bool,
+    /// Public addresses each NAT spreads new connections over (1 to 50;
+    /// the instance type's limit of addresses per interface applies):
+    /// N-1 Elastic IPs per AZ, tagged with their slot, beside the NAT's own
+    /// address. One client reaching one destination gets N x 64,512 ports.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub addresses: u32,
 }

@@ -93,6 +93,7 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
         instance_type,
         root_gib,
         cloudwatch_metrics,
+        addresses,
     } = &cli.command
     {
         let e = cost::estimate(
@@ -103,6 +104,7 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
                 root_gib: *root_gib,
                 gb_per_month: *gb_per_month,
                 cloudwatch_metrics: *cloudwatch_metrics,
+                addresses: *addresses,
             },
         )
         .map_err(BadInput)?;
@@ -290,7 +292,8 @@ async fn prepare(
 ) -> anyhow::Result<(natron::layout::Layout, plan::Plan)> {
     let inv = inventory(cloud, &t.group).await?;
     not_a_stack(&inv, &t.group, command)?;
-    let architectures = cloud.instance_architectures(&t.instance_type).await?;
+    let instance_type = cloud.instance_type(&t.instance_type).await?;
+    let architectures = instance_type.architectures.clone();
     let choice = match &t.ami {
         Some(id) => ImageChoice::Id(id.clone()),
         None => ImageChoice::Newest {
@@ -313,10 +316,19 @@ async fn prepare(
         instance_type: t.instance_type.clone(),
         elastic_ips: t.elastic_ip,
         cloudwatch_metrics: t.cloudwatch_metrics,
+        addresses: t.addresses,
         remove: t.remove_private.clone(),
     };
-    let layout = layout::resolve(&request, &inv, image, &architectures)
-        .map_err(|errors| BadInput(errors.join("\n")))?;
+    let too_many = layout::check_addresses(&request, instance_type.addresses_per_interface);
+    let layout = match layout::resolve(&request, &inv, image, &architectures) {
+        Ok(layout) if too_many.is_none() => Ok(layout),
+        Ok(_) => Err(too_many.into_iter().collect::<Vec<_>>()),
+        Err(mut errors) => {
+            errors.extend(too_many);
+            Err(errors)
+        }
+    }
+    .map_err(|errors| BadInput(errors.join("\n")))?;
     let p = plan::plan(&layout, &inv, partition, natron_contract::AGENT_PORT)
         .map_err(|c| BadInput(c.to_string()))?;
     Ok((layout, p))
