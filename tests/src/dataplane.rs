@@ -332,6 +332,60 @@ impl Topology {
         .map(|_| ())
     }
 
+    /// Another address of the client subnet on the client (a second
+    /// Hyperplane ENI, say): one source address can open at most its
+    /// ephemeral ports' worth of connections to one destination.
+    pub fn add_client_address(&self, ip: Ipv4Addr) -> Result<(), LabError> {
+        exec::ip(
+            &self.client,
+            &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        )
+        .map(|_| ())
+    }
+
+    /// A secondary address of the NAT, as the VPC delivers one: to the
+    /// NAT's interface without ARP (routed via its primary address). The
+    /// NAT itself does not configure it (nor does natron-agent).
+    pub fn add_nat_address(&self, ip: Ipv4Addr) -> Result<(), LabError> {
+        exec::ip(
+            &self.rtr,
+            &[
+                "route",
+                "replace",
+                &format!("{ip}/32"),
+                "via",
+                &NAT_IP.to_string(),
+                "dev",
+                "n0",
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// The NAT's primary address.
+    pub fn nat_address(&self) -> Ipv4Addr {
+        NAT_IP
+    }
+
+    /// Connections to one destination held at once from `from`, up to
+    /// `limit` tried.
+    pub fn concurrent_from(
+        &self,
+        helper: &Path,
+        from: &[Ipv4Addr],
+        limit: usize,
+    ) -> Result<usize, LabError> {
+        crate::hold::concurrent_connections(&crate::hold::Plan {
+            helper,
+            client_ns: &self.client,
+            server_ns: &self.inet,
+            server: SocketAddr::from((SERVER, HOLD_PORT)),
+            from,
+            total: limit,
+            dir: &self.dir,
+        })
+    }
+
     /// `nft -j list table ip natron` in the NAT namespace.
     pub fn list_natron_table(&self) -> Result<String, LabError> {
         exec::in_ns(&self.nat, "nft", &["-j", "list", "table", "ip", "natron"])
@@ -465,15 +519,7 @@ impl Topology {
     /// it could allocate towards that destination. `helper` is the
     /// natron-lab binary (its `hold` subcommand holds the connections).
     pub fn max_concurrent(&self, helper: &Path, limit: usize) -> Result<usize, LabError> {
-        crate::hold::concurrent_connections(&crate::hold::Plan {
-            helper,
-            client_ns: &self.client,
-            server_ns: &self.inet,
-            server: SocketAddr::from((SERVER, HOLD_PORT)),
-            from: &CLIENT_IPS,
-            total: limit,
-            dir: &self.dir,
-        })
+        self.concurrent_from(helper, &CLIENT_IPS, limit)
     }
 
     /// `n` distinct UDP flows through the NAT, within seconds: each client

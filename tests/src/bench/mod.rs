@@ -8,6 +8,7 @@ mod dataplane;
 mod failover;
 mod footprint;
 mod guest;
+mod pool;
 mod scale;
 
 pub use dataplane::guest as guest_dataplane;
@@ -37,7 +38,7 @@ pub struct Options {
     /// is 3,600 data-plane ticks, an hour's worth at the default 1 s.
     #[arg(long, default_value_t = 720)]
     pub soak_secs: u64,
-    /// Run one part only: dataplane, guest, footprint, scale or failover.
+    /// Run one part only: dataplane, pool, guest, footprint, scale or failover.
     #[arg(long)]
     pub only: Option<String>,
     /// The x86_64 disk image, for the data plane inside it (`guest`);
@@ -66,8 +67,9 @@ fn default_config() -> natron_agent::core::config::Config {
 
 /// The parts, in the order they run: name (for `--only` and the markers
 /// in BENCHMARKS.md) and title.
-const PARTS: [(&str, &str); 5] = [
+const PARTS: [(&str, &str); 6] = [
     ("dataplane", "Data plane"),
+    ("pool", "Address pool"),
     ("guest", "Data plane on the image's kernel"),
     ("footprint", "Footprint"),
     ("scale", "Scale"),
@@ -78,7 +80,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if let Some(only) = &o.only {
         if !PARTS.iter().any(|(name, _)| name == only) {
             anyhow::bail!(
-                "--only {only}: expected one of dataplane, guest, footprint, scale, failover"
+                "--only {only}: expected one of dataplane, pool, guest, footprint, scale, failover"
             );
         }
     }
@@ -93,6 +95,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         let started = Instant::now();
         let body = match name {
             "dataplane" => dataplane::run(o.rounds, o.secs),
+            "pool" => pool::run(),
             "guest" => match &o.image {
                 Some(image) => guest::run(image, o.guest_rounds, o.guest_secs),
                 None => {
