@@ -67,6 +67,20 @@ pub mod tags {
     }
 }
 
+/// What the agents publish to CloudWatch and what alarms read there.
+pub mod cloudwatch {
+    /// The agents' default namespace (`metrics.cloudwatch.namespace`).
+    pub const NAMESPACE: &str = "natron";
+    /// Dimensions of every metric: the NAT's instance and its group.
+    pub const DIMENSION_INSTANCE: &str = "NatInstanceId";
+    pub const DIMENSION_GROUP: &str = "Group";
+    /// New connections refused for lack of a source port (the NAT
+    /// Gateway's name).
+    pub const ERROR_PORT_ALLOCATION: &str = "ErrorPortAllocation";
+    /// 1 while the NAT is ready (natron's own).
+    pub const READY: &str = "Ready";
+}
+
 /// The agent's HTTP port (/healthz, /readyz, /metrics, /status) unless its
 /// configuration says otherwise; security groups open it between NATs.
 pub const AGENT_PORT: u16 = 9100;

@@ -20,6 +20,7 @@ pub struct Prices {
     pub ebs_gp3_gb_month: f64,
     pub cloudwatch_metric_month: f64,
     pub cloudwatch_requests_1000: f64,
+    pub cloudwatch_alarm_metric_month: f64,
     pub internet_egress_gb: f64,
     pub instance_hour: BTreeMap<String, f64>,
 }
@@ -41,6 +42,8 @@ pub struct Layout {
     /// Public addresses per NAT (`apply --addresses`), as many per NAT
     /// gateway for the same ports.
     pub addresses: u32,
+    /// The group's two CloudWatch alarms (`apply --alarms`).
+    pub alarms: bool,
 }
 
 /// The metrics each agent publishes (agent/src/core/cloudwatch.rs) and
@@ -138,6 +141,16 @@ pub fn estimate(prices: &Prices, layout: &Layout) -> Result<Estimate, String> {
             nat_gateway: 0.0,
         });
     }
+    if layout.alarms {
+        // Each alarm reads one metric a NAT; alarms on a gateway's own
+        // metrics cost the same.
+        let alarms = 2.0 * azs * prices.cloudwatch_alarm_metric_month;
+        lines.push(Line {
+            item: "CloudWatch alarms (2, each reading one metric a NAT)".into(),
+            natron: alarms,
+            nat_gateway: alarms,
+        });
+    }
     let natron_total: f64 = lines.iter().map(|l| l.natron).sum();
     let nat_gateway_total: f64 = lines.iter().map(|l| l.nat_gateway).sum();
     Ok(Estimate {
@@ -192,6 +205,7 @@ mod tests {
             gb_per_month: 100.0,
             cloudwatch_metrics,
             addresses: 1,
+            alarms: false,
         };
         estimate(&Prices::bundled(), &layout).unwrap()
     }
@@ -212,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_adds_its_addresses_to_both_sides() {
+    fn a_pool_and_alarms_add_their_price_to_both_sides() {
         let one = two_nanos(false);
         let layout = Layout {
             azs: 2,
@@ -221,10 +235,12 @@ mod tests {
             gb_per_month: 100.0,
             cloudwatch_metrics: false,
             addresses: 3,
+            alarms: true,
         };
         let three = estimate(&Prices::bundled(), &layout).unwrap();
-        // 2 NATs × 2 more addresses × 0.005 × 730, on both sides.
-        let extra = 2.0 * 2.0 * 0.005 * 730.0;
+        // 2 NATs × 2 more addresses × 0.005 × 730, and 2 alarms × 2 NATs
+        // × 0.10, on both sides.
+        let extra = 2.0 * 2.0 * 0.005 * 730.0 + 0.4;
         assert!((three.natron_total - one.natron_total - extra).abs() < 1e-9);
         assert!((three.nat_gateway_total - one.nat_gateway_total - extra).abs() < 1e-9);
         let line = three
@@ -246,6 +262,7 @@ mod tests {
                 gb_per_month: 1.0,
                 cloudwatch_metrics: false,
                 addresses: 1,
+                alarms: false,
             },
         )
         .unwrap_err();

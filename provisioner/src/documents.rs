@@ -133,7 +133,7 @@ pub fn agent_policy(group: &str, partition: &str, options: &AgentOptions) -> Val
 
 /// Where the agents publish their metrics (the agent's default
 /// `metrics.cloudwatch.namespace`).
-pub const METRICS_NAMESPACE: &str = "natron";
+pub const METRICS_NAMESPACE: &str = natron_contract::cloudwatch::NAMESPACE;
 
 /// The actions a policy's Allow statements name (`ec2:CreateRoute`…).
 pub fn allowed_actions(policy: &Value) -> std::collections::BTreeSet<String> {

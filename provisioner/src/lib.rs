@@ -4,6 +4,7 @@
 //! actions), `check`, `status`, `cost`, `documents` (IAM policy, agent
 //! config). The cloud sits behind one trait (`cloud`); `apply` runs plans.
 
+pub mod alarms;
 pub mod apply;
 pub mod check;
 pub mod cloud;

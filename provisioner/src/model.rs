@@ -45,6 +45,9 @@ pub struct Inventory {
     pub role: Option<Role>,
     /// The instance profile named for the group, whatever its tags.
     pub instance_profile: Option<InstanceProfile>,
+    /// CloudWatch alarms named for the group (`natron-<group>-…`), as read
+    /// back.
+    pub alarms: Vec<crate::alarms::AlarmSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -560,6 +560,7 @@ async fn interrupted_apply_resumes_cleanly() {
         elastic_ips: false,
         cloudwatch_metrics: false,
         addresses: 1,
+        alarms: false,
         remove: vec![],
     };
     let plan = |cloud: Aws| {

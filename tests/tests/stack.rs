@@ -42,6 +42,7 @@ fn agents_serve_the_tables_of_an_exported_stack() {
                 elastic_ips: false,
                 cloudwatch_metrics: false,
                 addresses: 1,
+                alarms: false,
                 remove: vec![],
             };
             let image = Image {

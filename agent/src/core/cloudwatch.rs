@@ -54,11 +54,11 @@ pub struct Datum {
 pub const NAMES: [&str; 9] = [
     "ActiveConnectionCount",
     "ConnectionAttemptCount",
-    "ErrorPortAllocation",
+    natron_contract::cloudwatch::ERROR_PORT_ALLOCATION,
     "PacketsDropCount",
     "BytesForwarded",
     "PacketsForwarded",
-    "Ready",
+    natron_contract::cloudwatch::READY,
     "RoutesOwned",
     "Failovers",
 ];

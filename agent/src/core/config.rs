@@ -53,7 +53,7 @@ impl Default for CloudWatchConfig {
     fn default() -> Self {
         CloudWatchConfig {
             enabled: false,
-            namespace: "natron".into(),
+            namespace: natron_contract::cloudwatch::NAMESPACE.into(),
             interval: Duration::from_secs(60),
         }
     }

@@ -18,8 +18,14 @@ use crate::report::status::Shared;
 /// The metrics' dimensions: this NAT and its group.
 pub fn dimensions(instance_id: &str, group: &str) -> Vec<(String, String)> {
     vec![
-        ("NatInstanceId".to_string(), instance_id.to_string()),
-        ("Group".to_string(), group.to_string()),
+        (
+            natron_contract::cloudwatch::DIMENSION_INSTANCE.to_string(),
+            instance_id.to_string(),
+        ),
+        (
+            natron_contract::cloudwatch::DIMENSION_GROUP.to_string(),
+            group.to_string(),
+        ),
     ]
 }
 

@@ -250,6 +250,7 @@ impl Aws {
             auto_scaling_groups: self.auto_scaling_groups(group).await?,
             role: self.role(group).await?,
             instance_profile: self.instance_profile(group).await?,
+            alarms: self.alarms(group).await?,
         })
     }
 

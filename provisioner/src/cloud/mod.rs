@@ -11,6 +11,7 @@ use natron_contract::aws::ErrorKind;
 use crate::model::*;
 use crate::plan::Action;
 
+mod alarms;
 mod convert;
 mod fleet;
 mod iam;
@@ -84,6 +85,7 @@ pub struct Aws {
     pub ec2: aws_sdk_ec2::Client,
     pub iam: aws_sdk_iam::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
 }
 
 impl Aws {
@@ -92,6 +94,7 @@ impl Aws {
             ec2: aws_sdk_ec2::Client::new(config),
             iam: aws_sdk_iam::Client::new(config),
             autoscaling: aws_sdk_autoscaling::Client::new(config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(config),
         }
     }
 }
@@ -134,6 +137,8 @@ impl Cloud for Aws {
             | DeleteAutoScalingGroup { .. }
             | WaitInstancesTerminated { .. }
             | DeleteLaunchTemplate { .. } => self.fleet_action(action, group).await,
+            PutAlarm { alarm } => self.put_alarm(alarm, group).await.map(|_| None),
+            DeleteAlarm { name } => self.delete_alarm(name).await.map(|_| None),
             _ => self.network_action(action, vpc_id, group).await,
         }
     }

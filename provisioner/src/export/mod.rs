@@ -23,6 +23,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::documents;
+
+mod alarms;
 use crate::layout::{Layout, Names, PrivateSubnet, Zone};
 use crate::model::{Inventory, Route, AZ_TAG, GROUP_TAG, PREVIOUS_TAG, SUBNET_TAG};
 
@@ -395,6 +397,7 @@ pub fn cloudformation(
             }),
         );
     }
+    alarms::insert(layout, &mut resources);
     outputs.insert(
         "SecurityGroupId".into(),
         json!({ "Description": "The NATs' security group", "Value": sg_id }),

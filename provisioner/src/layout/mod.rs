@@ -15,6 +15,9 @@ use serde::Serialize;
 
 use crate::model::{has_tag, Image, Inventory, GROUP_TAG, SUBNET_TAG};
 
+mod options;
+pub use options::check_addresses;
+
 pub const DEFAULT_INSTANCE_TYPE: &str = "t4g.nano";
 
 /// A private subnet to serve: an existing one, or a CIDR to create in an AZ.
@@ -66,6 +69,8 @@ pub struct Request {
     pub cloudwatch_metrics: bool,
     /// Each NAT's address pool (`--addresses`): 1 + an Elastic IP per slot.
     pub addresses: u32,
+    /// CloudWatch alarms on the group (`--alarms`; needs the metrics).
+    pub alarms: bool,
     /// Served subnets to stop serving (`--remove-private`).
     pub remove: Vec<String>,
 }
@@ -80,6 +85,7 @@ pub struct Layout {
     pub cloudwatch_metrics: bool,
     /// Each NAT's address pool (`nat.addresses`).
     pub addresses: u32,
+    pub alarms: bool,
     pub zones: Vec<Zone>,
     /// Subnets the group serves today and stops serving.
     pub released: Vec<Released>,
@@ -172,19 +178,6 @@ pub fn validate_group(group: &str) -> Result<(), String> {
             "group {group:?}: use 1 to 32 characters of a-z, 0-9 and '-', not starting with '-'"
         ))
     }
-}
-
-/// The address pool against the instance type's limit of private
-/// addresses per interface (unknown: not checked; the agent reports
-/// EC2's refusal).
-pub fn check_addresses(req: &Request, per_interface: Option<u32>) -> Option<String> {
-    let limit = per_interface?;
-    (req.addresses > limit).then(|| {
-        format!(
-            "--addresses {}: instance type {} allows {limit} private IPv4 addresses per interface; give at most {limit} or a larger type",
-            req.addresses, req.instance_type
-        )
-    })
 }
 
 /// Checks the request against the VPC and the chosen image. `image` is
@@ -393,6 +386,7 @@ pub fn resolve(
             elastic_ips: req.elastic_ips,
             cloudwatch_metrics: req.cloudwatch_metrics,
             addresses: req.addresses,
+            alarms: req.alarms,
             zones,
             released,
             stale_tables,
@@ -491,13 +485,3 @@ fn join(nets: &[Ipv4Net]) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests;
-
-impl Layout {
-    /// What the agents' user data and IAM policy turn on.
-    pub fn agent_options(&self) -> crate::documents::AgentOptions {
-        crate::documents::AgentOptions {
-            cloudwatch_metrics: self.cloudwatch_metrics,
-            addresses: self.addresses,
-        }
-    }
-}

@@ -76,6 +76,7 @@ pub fn request() -> Request {
         elastic_ips: false,
         cloudwatch_metrics: false,
         addresses: 1,
+        alarms: false,
         remove: vec![],
     }
 }

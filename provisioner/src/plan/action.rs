@@ -159,6 +159,13 @@ pub enum Action {
     DeleteSubnet {
         id: String,
     },
+    /// Creates or replaces the alarm (`--alarms`).
+    PutAlarm {
+        alarm: crate::alarms::AlarmSpec,
+    },
+    DeleteAlarm {
+        name: String,
+    },
 }
 
 impl Action {
@@ -191,6 +198,7 @@ impl Action {
             | DeleteAutoScalingGroup { .. } => "auto_scaling_group",
             PutLifecycleHook { .. } => "lifecycle_hook",
             WaitInstancesTerminated { .. } => "instance",
+            PutAlarm { .. } | DeleteAlarm { .. } => "cloudwatch_alarm",
         }
     }
 }
@@ -306,6 +314,8 @@ impl fmt::Display for Action {
             DeleteRole { name } => write!(f, "delete IAM role {name}"),
             DeleteSecurityGroup { id } => write!(f, "delete security group {id}"),
             DeleteSubnet { id } => write!(f, "delete subnet {id}"),
+            PutAlarm { alarm } => write!(f, "put CloudWatch alarm {}", alarm.name),
+            DeleteAlarm { name } => write!(f, "delete CloudWatch alarm {name}"),
         }
     }
 }

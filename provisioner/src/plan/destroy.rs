@@ -9,6 +9,7 @@ use crate::model::{has_tag, Inventory, RouteTable, GROUP_TAG, PREVIOUS_TAG};
 pub fn destroy(inv: &Inventory, group: &str) -> Plan {
     let mut p = Plan::default();
     let a = &mut p.actions;
+    super::alarms::delete_all(inv, a);
     let tables: Vec<_> = inv.group_route_tables(group).collect();
     // Subnets in use go back to their old table first, while the NATs
     // still run, so they never lose their way out to a deleted table.

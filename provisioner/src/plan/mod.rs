@@ -14,6 +14,7 @@ use crate::model::{has_tag, Inventory, LaunchSpec, Peer, Permission, Tags, GROUP
 
 mod action;
 mod addresses;
+mod alarms;
 mod destroy;
 #[cfg(test)]
 mod tests;
@@ -417,6 +418,7 @@ pub fn plan(
         ));
     }
     p.actions.extend(revoke);
+    alarms::plan(layout, inv, &mut p.actions);
 
     if conflicts.is_empty() {
         Ok(p)

@@ -365,3 +365,50 @@ fn a_pool_larger_than_the_instance_type_allows_is_refused_naming_both() {
     assert_eq!(layout::check_addresses(&req, Some(4)), None);
     assert_eq!(layout::check_addresses(&req, None), None);
 }
+
+/// `--alarms`: both alarms put once, kept when they match, put again when
+/// the group grows (the threshold is its NAT count), deleted without
+/// `--alarms`, and deleted first of all by destroy.
+#[test]
+fn alarms_follow_the_flag_and_the_group_and_go_first_on_destroy() {
+    let with_alarms = |inv: &Inventory, on: bool| {
+        let mut req = fixtures::request();
+        req.cloudwatch_metrics = true;
+        req.alarms = on;
+        let l = layout::resolve(&req, inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+        plan(&l, inv, "aws", 9100).unwrap()
+    };
+    let alarm_actions = |p: &Plan| -> Vec<String> {
+        p.actions
+            .iter()
+            .filter(|a| a.resource() == "cloudwatch_alarm")
+            .map(ToString::to_string)
+            .collect()
+    };
+    let mut inv = fixtures::vpc();
+    assert_eq!(
+        alarm_actions(&with_alarms(&inv, true)),
+        [
+            "put CloudWatch alarm natron-g-port-allocation",
+            "put CloudWatch alarm natron-g-not-ready"
+        ]
+    );
+    inv.alarms = crate::alarms::wanted("g", 2);
+    assert!(alarm_actions(&with_alarms(&inv, true)).is_empty());
+    // A group of one NAT more would need another threshold.
+    inv.alarms = crate::alarms::wanted("g", 3);
+    assert_eq!(
+        alarm_actions(&with_alarms(&inv, true)),
+        ["put CloudWatch alarm natron-g-not-ready"]
+    );
+    assert_eq!(
+        alarm_actions(&with_alarms(&inv, false)),
+        [
+            "delete CloudWatch alarm natron-g-port-allocation",
+            "delete CloudWatch alarm natron-g-not-ready"
+        ]
+    );
+    let d = destroy::destroy(&inv, "g");
+    assert_eq!(d.actions[0].resource(), "cloudwatch_alarm");
+    assert_eq!(d.actions[1].resource(), "cloudwatch_alarm");
+}

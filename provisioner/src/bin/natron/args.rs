@@ -38,7 +38,7 @@ pub enum Cmd {
     /// changes nothing.
     Plan {
         /// Show the removal plan of `destroy` instead.
-        #[arg(long, conflicts_with_all = ["azs", "private", "remove_private", "public_subnets", "ami", "ami_name", "ami_owner", "elastic_ip", "cloudwatch_metrics"])]
+        #[arg(long, conflicts_with_all = ["azs", "private", "remove_private", "public_subnets", "ami", "ami_name", "ami_owner", "elastic_ip", "cloudwatch_metrics", "addresses", "alarms"])]
         destroy: bool,
         #[command(flatten)]
         topology: Topology,
@@ -106,6 +106,9 @@ pub enum Cmd {
         /// Elastic IPs' hourly price.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
         addresses: u32,
+        /// The group's CloudWatch alarms (`apply --alarms`).
+        #[arg(long)]
+        alarms: bool,
     },
 }
 
@@ -191,4 +194,9 @@ pub struct Topology {
     /// address. One client reaching one destination gets N x 64,512 ports.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub addresses: u32,
+    /// CloudWatch alarms on the group: new connections refused for lack of
+    /// a source port, and fewer NATs ready than AZs (needs
+    /// --cloudwatch-metrics; $0.10 a NAT a month each: `natron cost`).
+    #[arg(long, requires = "cloudwatch_metrics")]
+    pub alarms: bool,
 }

@@ -94,6 +94,7 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
         root_gib,
         cloudwatch_metrics,
         addresses,
+        alarms,
     } = &cli.command
     {
         let e = cost::estimate(
@@ -105,6 +106,7 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
                 gb_per_month: *gb_per_month,
                 cloudwatch_metrics: *cloudwatch_metrics,
                 addresses: *addresses,
+                alarms: *alarms,
             },
         )
         .map_err(BadInput)?;
@@ -317,6 +319,7 @@ async fn prepare(
         elastic_ips: t.elastic_ip,
         cloudwatch_metrics: t.cloudwatch_metrics,
         addresses: t.addresses,
+        alarms: t.alarms,
         remove: t.remove_private.clone(),
     };
     let too_many = layout::check_addresses(&request, instance_type.addresses_per_interface);
