@@ -5,13 +5,11 @@
 //! the slots' addresses over as it takes the AZ's.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use natron_contract::status::SlotState;
 use natron_lab::exec;
-use natron_lab::hold::{hold_connections, Plan};
-use natron_lab::internet::SERVER;
 use natron_lab::lab::{Lab, LabSpec};
 
 /// A port of the internet server's namespace nothing else listens on.
@@ -106,17 +104,7 @@ fn one_destination_holds_the_ports_of_every_address_in_the_pool() {
     assert_eq!(status.dataplane.listing_matches_render, Some(true));
 
     let helper = std::path::Path::new(env!("CARGO_BIN_EXE_natron-lab"));
-    let client = [lab.clients[0].ip];
-    let held = hold_connections(&Plan {
-        helper,
-        client_ns: &lab.clients[0].ns,
-        server_ns: &lab.inet_ns,
-        server: SocketAddr::from((SERVER, HOLD_PORT)),
-        from: &client,
-        total: 3_000,
-        dir: &lab.dir,
-    })
-    .unwrap();
+    let held = lab.hold_from_client(helper, 0, HOLD_PORT, 3_000).unwrap();
     let peers = peers_seen(&lab);
     eprintln!(
         "3 addresses x 1,000 ports: {} held; by public address {peers:?}",
@@ -178,17 +166,7 @@ fn a_replacement_nat_takes_the_pool_over() {
     );
     // Connections leave by every address of the new NAT.
     let helper = std::path::Path::new(env!("CARGO_BIN_EXE_natron-lab"));
-    let client = [lab.clients[0].ip];
-    let held = hold_connections(&Plan {
-        helper,
-        client_ns: &lab.clients[0].ns,
-        server_ns: &lab.inet_ns,
-        server: SocketAddr::from((SERVER, HOLD_PORT)),
-        from: &client,
-        total: 30,
-        dir: &lab.dir,
-    })
-    .unwrap();
+    let held = lab.hold_from_client(helper, 0, HOLD_PORT, 30).unwrap();
     assert_eq!(held.established, 30);
     let peers = peers_seen(&lab);
     assert_eq!(peers.len(), 3, "{peers:?} (new NAT {new})");

@@ -4,12 +4,10 @@
 //! the agent counts the connections refused beyond them and names the
 //! destination.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use natron_contract::readyz::Area;
 use natron_lab::emulator;
-use natron_lab::hold::{hold_connections, Plan};
 use natron_lab::internet::SERVER;
 use natron_lab::lab::{Lab, LabSpec};
 
@@ -33,17 +31,7 @@ fn a_destination_holds_as_many_connections_as_ports_and_the_rest_are_counted() {
     let errors_before = metrics["natron_nat_port_allocation_errors_total"];
 
     let helper = std::path::Path::new(env!("CARGO_BIN_EXE_natron-lab"));
-    let client = [lab.clients[0].ip];
-    let held = hold_connections(&Plan {
-        helper,
-        client_ns: &lab.clients[0].ns,
-        server_ns: &lab.inet_ns,
-        server: SocketAddr::from((SERVER, HOLD_PORT)),
-        from: &client,
-        total: 1_300,
-        dir: &lab.dir,
-    })
-    .unwrap();
+    let held = lab.hold_from_client(helper, 0, HOLD_PORT, 1_300).unwrap();
     // A connection attempt may time out on the loaded machine although a
     // port was free: a few short of 1,000 is the client, not the NAT.
     assert!(

@@ -390,3 +390,17 @@ pub async fn expect_check(emu: &Loopback, v: &Vpc, code: i32, needle: &str) {
     assert!(out.stdout.contains(needle), "{needle:?} missing:\n{out}");
     assert!(out.stdout.contains("fix: "), "{out}");
 }
+
+/// cfn-lint (pinned in the emulator's venv) on a template file: its error
+/// findings, if it has any (warnings and infos pass).
+pub fn cfn_lint_errors(file: &std::path::Path) -> Option<String> {
+    let lint = std::process::Command::new(natron_lab::emulator::venv_tool("cfn-lint").unwrap())
+        .args(["--format", "parseable", "--regions", "us-east-1", "--"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let findings = String::from_utf8_lossy(&lint.stdout).to_string();
+    eprintln!("cfn-lint: exit {:?}\n{findings}", lint.status.code());
+    // cfn-lint's exit code is a bit mask: 2 errors, 4 warnings, 8 infos.
+    (lint.status.code().unwrap_or(-1) & 2 != 0).then_some(findings)
+}

@@ -10,6 +10,27 @@ use crate::exec;
 use crate::vpc::Target;
 
 impl Lab {
+    /// Up to `total` TCP connections from AZ `az`'s client to the internet
+    /// server's `port`, held open until the result is dropped (`helper`:
+    /// the `natron-lab` binary, `CARGO_BIN_EXE_natron-lab` in a test).
+    pub fn hold_from_client(
+        &self,
+        helper: &std::path::Path,
+        az: usize,
+        port: u16,
+        total: usize,
+    ) -> Result<crate::hold::HeldConnections, crate::LabError> {
+        crate::hold::hold_connections(&crate::hold::Plan {
+            helper,
+            client_ns: &self.clients[az].ns,
+            server_ns: &self.inet_ns,
+            server: std::net::SocketAddr::from((crate::internet::SERVER, port)),
+            from: &[self.clients[az].ip],
+            total,
+            dir: &self.dir,
+        })
+    }
+
     /// `ns`'s eth0 counters, both ways added: (packets, bytes).
     pub fn link_totals(&self, ns: &str) -> Result<(u64, u64), String> {
         let out = exec::in_ns(ns, "ip", &["-j", "-s", "link", "show", "dev", "eth0"])
