@@ -34,6 +34,9 @@ pub struct NatStatus {
     pub private_ip: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
     pub elastic_ip: Option<Ipv4Addr>,
+    /// The public addresses of its address pool (`--addresses`), by slot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pool: Vec<Ipv4Addr>,
     pub source_dest_check: Option<bool>,
     pub tables: Vec<TableRow>,
     /// The agent's last source-port warning (its `natron:source-ports`
@@ -114,6 +117,7 @@ pub fn status(inv: &Inventory, group: &str) -> Status {
                                     && a.slot().is_none()
                             })
                             .and_then(|a| a.public_ip),
+                        pool: pool_of(inv, &i.id),
                         source_dest_check: i.source_dest_check,
                         tables: rows,
                         source_ports: i
@@ -157,6 +161,18 @@ pub fn status(inv: &Inventory, group: &str) -> Status {
     }
 }
 
+/// The public addresses of the pool slots on `instance`, by slot.
+fn pool_of(inv: &Inventory, instance: &str) -> Vec<Ipv4Addr> {
+    let mut slots: Vec<(u32, Ipv4Addr)> = inv
+        .addresses
+        .iter()
+        .filter(|a| a.instance_id.as_deref() == Some(instance))
+        .filter_map(|a| Some((a.slot()?, a.public_ip?)))
+        .collect();
+    slots.sort();
+    slots.into_iter().map(|(_, ip)| ip).collect()
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "group {} in {}", self.group, self.vpc_id)?;
@@ -186,6 +202,10 @@ impl std::fmt::Display for Status {
                         None => "?",
                     }
                 )?;
+                if !n.pool.is_empty() {
+                    let pool: Vec<String> = n.pool.iter().map(ToString::to_string).collect();
+                    writeln!(f, "    address pool: {}", pool.join(", "))?;
+                }
                 if let Some(p) = &n.source_ports {
                     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(p.unix_ms);
                     writeln!(
@@ -268,6 +288,55 @@ mod tests {
         assert!(
             text.contains("SOURCE PORTS (last said 2026-12-07T02:20:00Z): no free source port"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_nats_pool_addresses_are_listed_by_slot() {
+        let tags: crate::model::Tags = [(GROUP_TAG.to_string(), "g".to_string())].into();
+        let address = |slot: Option<u32>, ip: &str| crate::model::Address {
+            allocation_id: format!("eipalloc-{ip}"),
+            public_ip: ip.parse().ok(),
+            instance_id: Some("i-a".into()),
+            association_id: None,
+            tags: slot
+                .map(|s| [(natron_contract::tags::SLOT.to_string(), s.to_string())].into())
+                .unwrap_or_default(),
+        };
+        let inv = Inventory {
+            instances: vec![Instance {
+                id: "i-a".into(),
+                az: "az-a".into(),
+                subnet_id: None,
+                state: InstanceState::Running,
+                private_ip: None,
+                public_ip: None,
+                interface_ids: vec![],
+                source_dest_check: Some(false),
+                security_groups: vec![],
+                tags,
+            }],
+            addresses: vec![
+                address(Some(2), "203.0.113.102"),
+                address(None, "203.0.113.10"),
+                address(Some(1), "203.0.113.101"),
+            ],
+            ..Default::default()
+        };
+        let s = status(&inv, "g");
+        let nat = &s.zones[0].nats[0];
+        assert_eq!(nat.elastic_ip, "203.0.113.10".parse().ok());
+        assert_eq!(
+            nat.pool,
+            [
+                "203.0.113.101".parse::<Ipv4Addr>().unwrap(),
+                "203.0.113.102".parse().unwrap()
+            ]
+        );
+        assert!(
+            s.to_string()
+                .contains("address pool: 203.0.113.101, 203.0.113.102"),
+            "{s}"
         );
     }
 }

@@ -133,6 +133,18 @@ fn one_destination_holds_the_ports_of_every_address_in_the_pool() {
             "{ip}: {n} connections: {peers:?}"
         );
     }
+    // `natron status`, which reads EC2 only, lists the pool's addresses.
+    let (vpc, group) = (lab.vpc_id.clone(), lab.spec.group.clone());
+    let shown = lab.ec2(|_| async move {
+        let endpoint = format!("http://127.0.0.1:{}", natron_lab::emulator::PORT);
+        let cloud = natron::cloud::Aws::new(&natron_lab::emulator::sdk_config(&endpoint).await);
+        let inv = natron::cloud::Cloud::inventory(&cloud, &vpc, &group)
+            .await
+            .expect("inventory");
+        natron::status::status(&inv, &group).to_string()
+    });
+    let pool = format!("address pool: {}, {}", expected[1], expected[2]);
+    assert!(shown.contains(&pool), "natron status:\n{shown}");
     only_calls_the_pool_policy_allows(&lab, 3);
 }
 
