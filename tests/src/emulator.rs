@@ -35,13 +35,11 @@ pub fn moto_server_path() -> Result<PathBuf, LabError> {
 /// Elastic IP on a secondary private address); run with the venv's python3.
 pub const MOTO_NATRON_PY: &str = include_str!("moto_natron.py");
 
-/// The program and leading arguments that start the emulator: the venv's
-/// python3 running [`MOTO_NATRON_PY`] (written next to `log`), or
-/// `$NATRON_MOTO_SERVER` as it is when set.
+/// The program and leading arguments that start the emulator: the python3
+/// next to moto_server (its venv's) running [`MOTO_NATRON_PY`], written
+/// next to `log`. Every test gets the same emulator, `cargo xtask test`'s
+/// (which sets `$NATRON_MOTO_SERVER`) as much as a bare `cargo test`.
 fn server_command(log: &std::path::Path) -> Result<(PathBuf, Vec<String>), LabError> {
-    if let Some(p) = std::env::var_os("NATRON_MOTO_SERVER") {
-        return Ok((p.into(), Vec::new()));
-    }
     let script = log.with_file_name("moto_natron.py");
     std::fs::write(&script, MOTO_NATRON_PY)
         .map_err(|e| LabError::Setup(format!("{}: {e}", script.display())))?;

@@ -191,7 +191,13 @@ fn bench(extra: &[String]) -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     // The lab tests run the agent binary: build it (and everything) first.
     run(cargo().args(["build", "--workspace", "--all-targets"]))?;
-    let (mut passed, mut failed) = cargo_test(cargo().args(["test", "--workspace"]).args(extra))?;
+    // Every test binary runs even after one fails: a red run then says
+    // everything that is wrong, not only the first binary's failures.
+    let (mut passed, mut failed) = cargo_test(
+        cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(extra),
+    )?;
     // The images: built, then booted under QEMU (x86_64 with each
     // firmware, arm64 with UEFI as on Graviton).
     let mut boots: Result<Vec<bool>, String> = Ok(Vec::new());
