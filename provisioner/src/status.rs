@@ -245,10 +245,10 @@ mod tests {
     use super::*;
     use crate::model::Instance;
 
-    #[test]
-    fn a_nats_source_port_warning_is_shown_from_its_tag() {
-        let mut tags: crate::model::Tags = [(GROUP_TAG.to_string(), "g".to_string())].into();
-        let nat = |tags: crate::model::Tags| Instance {
+    /// NAT i-a of group g in az-a, running, with `tags` besides the group's.
+    fn nat(mut tags: crate::model::Tags) -> Instance {
+        tags.insert(GROUP_TAG.to_string(), "g".to_string());
+        Instance {
             id: "i-a".into(),
             az: "az-a".into(),
             subnet_id: None,
@@ -259,7 +259,12 @@ mod tests {
             source_dest_check: Some(false),
             security_groups: vec![],
             tags,
-        };
+        }
+    }
+
+    #[test]
+    fn a_nats_source_port_warning_is_shown_from_its_tag() {
+        let mut tags = crate::model::Tags::default();
         let inv = Inventory {
             instances: vec![nat(tags.clone())],
             ..Default::default()
@@ -293,7 +298,6 @@ mod tests {
 
     #[test]
     fn a_nats_pool_addresses_are_listed_by_slot() {
-        let tags: crate::model::Tags = [(GROUP_TAG.to_string(), "g".to_string())].into();
         let address = |slot: Option<u32>, ip: &str| crate::model::Address {
             allocation_id: format!("eipalloc-{ip}"),
             public_ip: ip.parse().ok(),
@@ -304,18 +308,7 @@ mod tests {
                 .unwrap_or_default(),
         };
         let inv = Inventory {
-            instances: vec![Instance {
-                id: "i-a".into(),
-                az: "az-a".into(),
-                subnet_id: None,
-                state: InstanceState::Running,
-                private_ip: None,
-                public_ip: None,
-                interface_ids: vec![],
-                source_dest_check: Some(false),
-                security_groups: vec![],
-                tags,
-            }],
+            instances: vec![nat(Default::default())],
             addresses: vec![
                 address(Some(2), "203.0.113.102"),
                 address(None, "203.0.113.10"),

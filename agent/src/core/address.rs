@@ -30,39 +30,47 @@ pub enum Step {
 /// lowest allocation id wins so every run picks the same one. `group` is
 /// only consulted when another instance holds the address.
 pub fn decide(tagged: &[Address], me: &str, group: &[GroupInstance]) -> Step {
-    let Some(address) = chosen(tagged) else {
+    let Some(address) = chosen(tagged, None) else {
         return Step::NoAddress;
     };
-    match address.instance_id.as_deref() {
-        Some(holder) if holder == me => Step::Held(address.clone()),
-        Some(holder)
-            if group
-                .iter()
-                .any(|i| i.instance_id == holder && i.state.is_live()) =>
-        {
-            Step::Wait {
-                address: address.clone(),
-                holder: holder.to_string(),
-            }
-        }
-        _ => Step::Associate(address.clone()),
+    if address.instance_id.as_deref() == Some(me) {
+        return Step::Held(address.clone());
     }
+    match live_holder(address, me, group) {
+        Some(holder) => Step::Wait {
+            address: address.clone(),
+            holder: holder.to_string(),
+        },
+        None => Step::Associate(address.clone()),
+    }
+}
+
+/// The running NAT of the group other than `me` that holds `address`:
+/// one to wait for rather than break its flows (a stopped or foreign
+/// holder is a leftover to take the address from).
+pub fn live_holder<'a>(address: &'a Address, me: &str, group: &[GroupInstance]) -> Option<&'a str> {
+    address.instance_id.as_deref().filter(|&holder| {
+        holder != me
+            && group
+                .iter()
+                .any(|i| i.instance_id == holder && i.state.is_live())
+    })
 }
 
 /// Whether another instance holds the address, so `decide` needs the group.
 pub fn held_by_other(tagged: &[Address], me: &str) -> bool {
-    chosen(tagged)
+    chosen(tagged, None)
         .and_then(|a| a.instance_id.as_deref())
         .is_some_and(|holder| holder != me)
 }
 
-/// The AZ's address: of those without a slot (slots are the address
-/// pool's, `core::pool`), the lowest allocation id, so every run picks the
-/// same.
-fn chosen(tagged: &[Address]) -> Option<&Address> {
+/// The address of `slot` (None: the AZ's own; a number: the address
+/// pool's, `core::pool`): of those tagged with it, the lowest allocation
+/// id, so every run picks the same.
+pub fn chosen(tagged: &[Address], slot: Option<u32>) -> Option<&Address> {
     tagged
         .iter()
-        .filter(|a| a.slot.is_none())
+        .filter(|a| a.slot == slot)
         .min_by(|a, b| a.allocation_id.cmp(&b.allocation_id))
 }
 

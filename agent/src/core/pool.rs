@@ -9,12 +9,14 @@
 //! [`decide`] is pure: from the interface's addresses, the slot addresses
 //! and the group it says what to ask EC2 for and which private addresses
 //! translate. A slot's address follows the NAT of its AZ as the AZ's
-//! address does: taken when free or left on an instance that is not a
+//! address does, by the same rules (`core::address::chosen` and
+//! `live_holder`): taken when free or left on an instance that is not a
 //! running NAT of the group, waited for while a running one holds it.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use crate::core::address;
 use crate::model::address::{Address, InterfaceAddresses};
 use crate::model::instance::GroupInstance;
 
@@ -82,19 +84,9 @@ pub fn decide(
 ) -> Decision {
     let extra = wanted.saturating_sub(1);
     let assign = extra.saturating_sub(interface.secondary.len() as u32);
-    // Of several addresses tagged with one slot, the lowest allocation id
-    // wins, so every run picks the same.
-    let mut by_slot: BTreeMap<u32, &Address> = BTreeMap::new();
-    for a in tagged {
-        if let Some(slot) = a.slot.filter(|s| (1..=extra).contains(s)) {
-            let keep = by_slot
-                .get(&slot)
-                .is_none_or(|b| a.allocation_id < b.allocation_id);
-            if keep {
-                by_slot.insert(slot, a);
-            }
-        }
-    }
+    let by_slot: BTreeMap<u32, &Address> = (1..=extra)
+        .filter_map(|slot| Some((slot, address::chosen(tagged, Some(slot))?)))
+        .collect();
     let mine = |a: &Address| {
         a.instance_id.as_deref() == Some(me)
             && a.private_ip
@@ -121,19 +113,12 @@ pub fn decide(
                 address: a.clone(),
                 private_ip: a.private_ip.expect("mine() checked it"),
             },
-            Some(&a) => match a.instance_id.as_deref() {
-                Some(holder)
-                    if holder != me
-                        && group
-                            .iter()
-                            .any(|i| i.instance_id == holder && i.state.is_live()) =>
-                {
-                    SlotStep::Wait {
-                        address: a.clone(),
-                        holder: holder.to_string(),
-                    }
-                }
-                _ => match free.next() {
+            Some(&a) => match address::live_holder(a, me, group) {
+                Some(holder) => SlotStep::Wait {
+                    address: a.clone(),
+                    holder: holder.to_string(),
+                },
+                None => match free.next() {
                     Some(private_ip) => SlotStep::Associate {
                         address: a.clone(),
                         private_ip,

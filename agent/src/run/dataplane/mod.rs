@@ -152,7 +152,7 @@ impl Steps<'_> {
     }
 
     /// The table as it should be, with the address pool.
-    fn desired(&self, m: &mut Memory) -> Vec<NfListObject<'static>> {
+    fn desired(&self, m: &Memory) -> Vec<NfListObject<'static>> {
         let mut spec = self.resolved.spec.clone();
         spec.pool = m.pool.clone().unwrap_or_default();
         crate::core::ruleset::render(&spec)
