@@ -311,6 +311,16 @@ pub struct InstanceTypeInfo {
     pub addresses_per_interface: Option<u32>,
 }
 
+impl InstanceTypeInfo {
+    /// A type that runs `architectures`, with no known address limit.
+    pub fn running(architectures: &[&str]) -> InstanceTypeInfo {
+        InstanceTypeInfo {
+            architectures: architectures.iter().map(|a| a.to_string()).collect(),
+            addresses_per_interface: None,
+        }
+    }
+}
+
 impl Inventory {
     pub fn subnet(&self, id: &str) -> Option<&Subnet> {
         self.subnets.iter().find(|s| s.id == id)

@@ -578,8 +578,13 @@ async fn interrupted_apply_resumes_cleanly() {
                 })
                 .await
                 .unwrap();
-            let layout =
-                natron::layout::resolve(&request, &inv, Ok(image), &["arm64".into()]).unwrap();
+            let layout = natron::layout::resolve(
+                &request,
+                &inv,
+                Ok(image),
+                &natron::model::InstanceTypeInfo::running(&["arm64"]),
+            )
+            .unwrap();
             (
                 layout.clone(),
                 natron::plan::plan(&layout, &inv, "aws", 9100).unwrap(),

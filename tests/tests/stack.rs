@@ -50,8 +50,13 @@ fn agents_serve_the_tables_of_an_exported_stack() {
                 name: "natron-lab".into(),
                 architecture: None,
             };
-            let layout = layout::resolve(&request, &inv, Ok(image), &["arm64".into()])
-                .expect("the lab's VPC is a valid layout");
+            let layout = layout::resolve(
+                &request,
+                &inv,
+                Ok(image),
+                &natron::model::InstanceTypeInfo::running(&["arm64"]),
+            )
+            .expect("the lab's VPC is a valid layout");
             natron::export::cloudformation(&layout, &inv, "aws", natron_lab::lab::AGENT_PORT)
         })
     };

@@ -8,7 +8,13 @@ fn export(inv: &Inventory) -> Export {
     let mut req = fixtures::request();
     req.elastic_ips = true;
     req.cloudwatch_metrics = true;
-    let l = layout::resolve(&req, inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+    let l = layout::resolve(
+        &req,
+        inv,
+        Ok(fixtures::image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap();
     cloudformation(&l, inv, "aws", 9100)
 }
 
@@ -118,7 +124,13 @@ fn an_address_pool_is_in_the_template_with_its_slots() {
     let inv = fixtures::vpc();
     let mut req = fixtures::request();
     req.addresses = 2;
-    let l = layout::resolve(&req, &inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+    let l = layout::resolve(
+        &req,
+        &inv,
+        Ok(fixtures::image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap();
     let e = cloudformation(&l, &inv, "aws", 9100);
     let r = &e.template["Resources"];
     let tags = r["ElasticIpAzBSlot1"]["Properties"]["Tags"].to_string();

@@ -13,10 +13,9 @@ use std::collections::BTreeSet;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::model::{has_tag, Image, Inventory, GROUP_TAG, SUBNET_TAG};
+use crate::model::{has_tag, Image, InstanceTypeInfo, Inventory, GROUP_TAG, SUBNET_TAG};
 
 mod options;
-pub use options::check_addresses;
 
 pub const DEFAULT_INSTANCE_TYPE: &str = "t4g.nano";
 
@@ -180,16 +179,22 @@ pub fn validate_group(group: &str) -> Result<(), String> {
     }
 }
 
-/// Checks the request against the VPC and the chosen image. `image` is
-/// the lookup's error when it failed, so that one run still reports every
-/// other problem; `type_architectures` is empty for an unknown type.
+/// Checks the request against the VPC, the chosen image and the instance
+/// type. `image` is the lookup's error when it failed, so that one run
+/// still reports every other problem; `instance_type.architectures` is
+/// empty for an unknown type.
 pub fn resolve(
     req: &Request,
     inv: &Inventory,
     image: Result<Image, String>,
-    type_architectures: &[String],
+    instance_type: &InstanceTypeInfo,
 ) -> Result<Layout, Vec<String>> {
+    let type_architectures = instance_type.architectures.as_slice();
     let mut errors = Vec::new();
+    errors.extend(options::check_addresses(
+        req,
+        instance_type.addresses_per_interface,
+    ));
     if let Err(e) = validate_group(&req.group) {
         errors.push(e);
     }

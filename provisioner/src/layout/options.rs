@@ -7,7 +7,7 @@ use super::{Layout, Request};
 /// The address pool against the instance type's limit of private
 /// addresses per interface (unknown: not checked; the agent reports
 /// EC2's refusal).
-pub fn check_addresses(req: &Request, per_interface: Option<u32>) -> Option<String> {
+pub(super) fn check_addresses(req: &Request, per_interface: Option<u32>) -> Option<String> {
     let limit = per_interface?;
     (req.addresses > limit).then(|| {
         format!(

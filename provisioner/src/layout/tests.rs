@@ -82,12 +82,24 @@ pub fn request() -> Request {
 }
 
 fn resolve_err(req: &Request) -> Vec<String> {
-    resolve(req, &vpc(), Ok(image()), &["arm64".into()]).unwrap_err()
+    resolve(
+        req,
+        &vpc(),
+        Ok(image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap_err()
 }
 
 #[test]
 fn defaults_pick_every_az_with_a_public_subnet() {
-    let l = resolve(&request(), &vpc(), Ok(image()), &["arm64".into()]).unwrap();
+    let l = resolve(
+        &request(),
+        &vpc(),
+        Ok(image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap();
     let azs: Vec<_> = l
         .zones
         .iter()
@@ -126,9 +138,14 @@ fn bad_input_is_reported_naming_the_resource() {
 fn architecture_mismatch_and_group_names_are_errors() {
     let mut req = request();
     req.group = "Bad_Name".into();
-    let errors = resolve(&req, &vpc(), Ok(image()), &["x86_64".into()])
-        .unwrap_err()
-        .join("\n");
+    let errors = resolve(
+        &req,
+        &vpc(),
+        Ok(image()),
+        &crate::model::InstanceTypeInfo::running(&["x86_64"]),
+    )
+    .unwrap_err()
+    .join("\n");
     assert!(errors.contains("is arm64 but instance type t4g.nano runs x86_64"));
     assert!(errors.contains("group \"Bad_Name\""));
 }
@@ -163,7 +180,13 @@ fn served_vpc() -> Inventory {
 
 #[test]
 fn a_served_subnet_left_out_is_kept() {
-    let l = resolve(&request(), &served_vpc(), Ok(image()), &["arm64".into()]).unwrap();
+    let l = resolve(
+        &request(),
+        &served_vpc(),
+        Ok(image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap();
     let b = &l.zones[1];
     assert_eq!(b.az, "az-b");
     let kept: Vec<_> = b
@@ -179,7 +202,13 @@ fn a_served_subnet_left_out_is_kept() {
 fn remove_private_releases_a_served_subnet() {
     let mut req = request();
     req.remove = vec!["subnet-xb".into()];
-    let l = resolve(&req, &served_vpc(), Ok(image()), &["arm64".into()]).unwrap();
+    let l = resolve(
+        &req,
+        &served_vpc(),
+        Ok(image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap();
     assert!(l.zones.iter().flat_map(|z| &z.private).all(|p| !p.kept));
     assert_eq!(
         l.released,
@@ -196,7 +225,13 @@ fn remove_private_releases_a_served_subnet() {
 fn the_table_of_a_deleted_subnet_is_stale() {
     let mut inv = served_vpc();
     inv.subnets.retain(|s| s.id != "subnet-xb");
-    let l = resolve(&request(), &inv, Ok(image()), &["arm64".into()]).unwrap();
+    let l = resolve(
+        &request(),
+        &inv,
+        Ok(image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap();
     assert_eq!(l.stale_tables, ["rtb-nb"]);
     assert!(l.zones.iter().flat_map(|z| &z.private).all(|p| !p.kept));
 }
@@ -207,9 +242,14 @@ fn partial_apply_mistakes_are_named() {
     req.remove = vec!["subnet-xa".into(), "subnet-pa".into()];
     req.azs = vec!["az-a".into()];
     req.private = vec!["subnet-xa".parse().unwrap()];
-    let errors = resolve(&req, &served_vpc(), Ok(image()), &["arm64".into()])
-        .unwrap_err()
-        .join("\n");
+    let errors = resolve(
+        &req,
+        &served_vpc(),
+        Ok(image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap_err()
+    .join("\n");
     for needle in [
         "subnet subnet-xa: named by both --private and --remove-private",
         "--remove-private subnet-pa: not served by group g in vpc-1",
@@ -221,9 +261,14 @@ fn partial_apply_mistakes_are_named() {
     let mut req = request();
     req.private = vec![];
     req.remove = vec!["subnet-xb".into()];
-    let errors = resolve(&req, &served_vpc(), Ok(image()), &["arm64".into()])
-        .unwrap_err()
-        .join("\n");
+    let errors = resolve(
+        &req,
+        &served_vpc(),
+        Ok(image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap_err()
+    .join("\n");
     assert!(
         errors.contains("no private subnet would be left"),
         "{errors}"
@@ -234,9 +279,14 @@ fn partial_apply_mistakes_are_named() {
 fn a_failed_image_lookup_hides_no_other_problem() {
     let mut req = request();
     req.private.push("subnet-nope".parse().unwrap());
-    let errors = resolve(&req, &vpc(), Err("image natron-*: none found".into()), &[])
-        .unwrap_err()
-        .join("\n");
+    let errors = resolve(
+        &req,
+        &vpc(),
+        Err("image natron-*: none found".into()),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .join("\n");
     for needle in [
         "image natron-*: none found",
         "instance type t4g.nano: unknown in this region",

@@ -11,7 +11,7 @@ fn layout() -> Layout {
         &fixtures::request(),
         &fixtures::vpc(),
         Ok(fixtures::image()),
-        &["arm64".into()],
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
     )
     .unwrap()
 }
@@ -166,7 +166,13 @@ fn partial(remove: &[&str]) -> Plan {
     // Names only the new subnet in az-b.
     req.private = vec!["az-b=10.0.11.0/24".parse().unwrap()];
     req.remove = remove.iter().map(|s| s.to_string()).collect();
-    let l = layout::resolve(&req, &inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+    let l = layout::resolve(
+        &req,
+        &inv,
+        Ok(fixtures::image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap();
     plan(&l, &inv, "aws", 9100).unwrap()
 }
 
@@ -266,7 +272,13 @@ fn the_table_and_rule_of_a_deleted_subnet_go() {
     inv.subnets.retain(|s| s.id != "subnet-xa");
     let mut req = fixtures::request();
     req.private = vec!["az-b=10.0.11.0/24".parse().unwrap()];
-    let l = layout::resolve(&req, &inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+    let l = layout::resolve(
+        &req,
+        &inv,
+        Ok(fixtures::image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap();
     let p = plan(&l, &inv, "aws", 9100).unwrap();
     let text: Vec<String> = p.actions.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -285,7 +297,13 @@ fn the_table_and_rule_of_a_deleted_subnet_go() {
 fn pool_layout(addresses: u32, inv: &Inventory) -> Layout {
     let mut req = fixtures::request();
     req.addresses = addresses;
-    layout::resolve(&req, inv, Ok(fixtures::image()), &["arm64".into()]).unwrap()
+    layout::resolve(
+        &req,
+        inv,
+        Ok(fixtures::image()),
+        &crate::model::InstanceTypeInfo::running(&["arm64"]),
+    )
+    .unwrap()
 }
 
 /// `--addresses 3`: two slot addresses per AZ, tagged so the agent finds
@@ -357,13 +375,26 @@ fn an_address_pool_allocates_its_slots_once_and_releases_those_beyond_it() {
 fn a_pool_larger_than_the_instance_type_allows_is_refused_naming_both() {
     let mut req = fixtures::request();
     req.addresses = 3;
-    let e = layout::check_addresses(&req, Some(2)).unwrap();
+    let inv = fixtures::vpc();
+    let with_limit = |limit: Option<u32>| crate::model::InstanceTypeInfo {
+        addresses_per_interface: limit,
+        ..crate::model::InstanceTypeInfo::running(&["arm64"])
+    };
+    let resolve = |req: &layout::Request, limit| {
+        layout::resolve(req, &inv, Ok(fixtures::image()), &with_limit(limit))
+    };
+    let errors = resolve(&req, Some(2)).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
     assert!(
         e.contains("--addresses 3") && e.contains(&req.instance_type) && e.contains("allows 2"),
         "{e}"
     );
-    assert_eq!(layout::check_addresses(&req, Some(4)), None);
-    assert_eq!(layout::check_addresses(&req, None), None);
+    assert!(resolve(&req, Some(4)).is_ok());
+    assert!(resolve(&req, None).is_ok());
+    // Reported with every other input problem at once.
+    req.group = "Bad Group".into();
+    assert_eq!(resolve(&req, Some(2)).unwrap_err().len(), 2);
 }
 
 /// `--alarms`: both alarms put once, kept when they match, put again when
@@ -375,7 +406,13 @@ fn alarms_follow_the_flag_and_the_group_and_go_first_on_destroy() {
         let mut req = fixtures::request();
         req.cloudwatch_metrics = true;
         req.alarms = on;
-        let l = layout::resolve(&req, inv, Ok(fixtures::image()), &["arm64".into()]).unwrap();
+        let l = layout::resolve(
+            &req,
+            inv,
+            Ok(fixtures::image()),
+            &crate::model::InstanceTypeInfo::running(&["arm64"]),
+        )
+        .unwrap();
         plan(&l, inv, "aws", 9100).unwrap()
     };
     let alarm_actions = |p: &Plan| -> Vec<String> {

@@ -295,13 +295,12 @@ async fn prepare(
     let inv = inventory(cloud, &t.group).await?;
     not_a_stack(&inv, &t.group, command)?;
     let instance_type = cloud.instance_type(&t.instance_type).await?;
-    let architectures = instance_type.architectures.clone();
     let choice = match &t.ami {
         Some(id) => ImageChoice::Id(id.clone()),
         None => ImageChoice::Newest {
             name: t.ami_name.clone().unwrap_or_else(|| "natron-*".into()),
             owner: t.ami_owner.clone().unwrap_or_else(|| "self".into()),
-            architectures: architectures.clone(),
+            architectures: instance_type.architectures.clone(),
         },
     };
     let image = match cloud.find_image(&choice).await {
@@ -322,16 +321,8 @@ async fn prepare(
         alarms: t.alarms,
         remove: t.remove_private.clone(),
     };
-    let too_many = layout::check_addresses(&request, instance_type.addresses_per_interface);
-    let layout = match layout::resolve(&request, &inv, image, &architectures) {
-        Ok(layout) if too_many.is_none() => Ok(layout),
-        Ok(_) => Err(too_many.into_iter().collect::<Vec<_>>()),
-        Err(mut errors) => {
-            errors.extend(too_many);
-            Err(errors)
-        }
-    }
-    .map_err(|errors| BadInput(errors.join("\n")))?;
+    let layout = layout::resolve(&request, &inv, image, &instance_type)
+        .map_err(|errors| BadInput(errors.join("\n")))?;
     let p = plan::plan(&layout, &inv, partition, natron_contract::AGENT_PORT)
         .map_err(|c| BadInput(c.to_string()))?;
     Ok((layout, p))
