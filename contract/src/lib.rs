@@ -79,6 +79,30 @@ pub mod cloudwatch {
     pub const ERROR_PORT_ALLOCATION: &str = "ErrorPortAllocation";
     /// 1 while the NAT is ready (natron's own).
     pub const READY: &str = "Ready";
+    /// Every metric an agent publishes, in its order (the agent's
+    /// `core::cloudwatch`; the provisioner prices this many). The last
+    /// nine come from the wire counters, on kernels with the netdev egress
+    /// hook (the image's).
+    pub const METRICS: [&str; 18] = [
+        "ActiveConnectionCount",
+        "ConnectionAttemptCount",
+        ERROR_PORT_ALLOCATION,
+        "PacketsDropCount",
+        "BytesForwarded",
+        "PacketsForwarded",
+        READY,
+        "RoutesOwned",
+        "Failovers",
+        "BytesInFromSource",
+        "BytesOutToDestination",
+        "BytesInFromDestination",
+        "BytesOutToSource",
+        "PacketsInFromSource",
+        "PacketsOutToDestination",
+        "PacketsInFromDestination",
+        "PacketsOutToSource",
+        "ConnectionEstablishedCount",
+    ];
 }
 
 /// The agent's HTTP port (/healthz, /readyz, /metrics, /status) unless its

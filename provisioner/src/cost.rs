@@ -48,7 +48,7 @@ pub struct Layout {
 
 /// The metrics each agent publishes (agent/src/core/cloudwatch.rs) and
 /// its PutMetricData calls a month (one a minute).
-pub const CLOUDWATCH_METRICS: u32 = 9;
+pub const CLOUDWATCH_METRICS: u32 = natron_contract::cloudwatch::METRICS.len() as u32;
 const PUTS_PER_MONTH: f64 = 60.0 * 730.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -221,7 +221,7 @@ mod tests {
         let with_metrics = two_nanos(true);
         // 2 × (9 × 0.30 + 43.8 × 0.01)
         let metrics = with_metrics.natron_total - e.natron_total;
-        assert!((metrics - 2.0 * (2.7 + 0.438)).abs() < 1e-9, "{metrics}");
+        assert!((metrics - 2.0 * (5.4 + 0.438)).abs() < 1e-9, "{metrics}");
         assert_eq!(with_metrics.nat_gateway_total, e.nat_gateway_total);
     }
 

@@ -316,6 +316,7 @@ impl Topology {
             vpc: vec!["10.0.0.0/16".parse().unwrap()],
             mss: Some(1460),
             pool: Vec::new(),
+            wire_counters: false,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The NAT Gateway's metrics in CloudWatch (issue 15): agents publish to
 //! the emulator's CloudWatch, the values read back with GetMetricData are
-//! what the agent counted, and a NAT whose CloudWatch is unreachable
-//! serves as well as one whose is not.
+//! what the agent counted (each direction's bytes what crossed the wire),
+//! and a NAT whose CloudWatch is unreachable serves as well as one whose
+//! is not.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -92,6 +93,14 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
     for _ in 0..10 {
         lab.client_get(0, "/").unwrap();
     }
+    // A known payload each way: 4 MiB down, 2 MiB up.
+    const DOWN: f64 = 4.0 * 1048576.0;
+    const UP: f64 = 2.0 * 1048576.0;
+    lab.run_in(&lab.clients[0].ns, async {
+        natron_lab::internet::download(DOWN as u64, Duration::from_secs(10)).await?;
+        natron_lab::internet::upload(UP as u64, Duration::from_secs(10)).await
+    })
+    .unwrap();
     // Two publications after the traffic: everything counted is out.
     let published = |az| lab.agent_metrics(az).unwrap()["natron_cloudwatch_publications_total"];
     let p0 = published(0);
@@ -122,6 +131,42 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
         .iter()
         .sum();
     assert!(bytes > 0.0, "BytesForwarded {bytes}");
+
+    // Each direction: at least the payload, at most its headers more; what
+    // comes in from one side goes out to the other, byte for byte (IP
+    // bytes both, the NAT's own traffic taken off: a 14-byte link header
+    // per packet or the agent's own calls left in would show here).
+    let sum = |name: &str| -> f64 { read_back(&lab, &nat_a, name)["Sum"].iter().sum() };
+    let (in_src, out_dst) = (sum("BytesInFromSource"), sum("BytesOutToDestination"));
+    let (in_dst, out_src) = (sum("BytesInFromDestination"), sum("BytesOutToSource"));
+    let report = format!(
+        "in from source {in_src}, out to destination {out_dst}, in from destination {in_dst}, out to source {out_src}"
+    );
+    eprintln!("{report}");
+    assert!((DOWN..DOWN * 1.1).contains(&in_dst), "{report}");
+    assert!((UP..UP * 1.1).contains(&in_src), "{report}");
+    // Exact but for a packet of the agent's own in flight at the last
+    // reading (a 14-byte header per packet would be thousands of bytes).
+    let close = |a: f64, b: f64| (a - b).abs() <= 300.0;
+    assert!(close(in_dst, out_src), "{report}");
+    assert!(close(in_src, out_dst), "{report}");
+    // The agent's own calls and probes crossed the wire too, and were
+    // taken off.
+    for own in ["own-in-outside", "own-out-outside"] {
+        assert!(lab.rule_packets(0, own) > 0.0, "no {own} traffic counted");
+    }
+    let (p_in, p_out) = (sum("PacketsInFromDestination"), sum("PacketsOutToSource"));
+    assert!(
+        p_in > 0.0 && (p_in - p_out).abs() <= 5.0,
+        "packets {p_in} in, {p_out} out"
+    );
+    // Every TCP connection made through NAT a was answered: at least the
+    // twelve of this test, never more than the connections translated.
+    let established = sum("ConnectionEstablishedCount");
+    assert!(
+        (12.0..=counted).contains(&established),
+        "ConnectionEstablishedCount {established}, {counted} connections translated"
+    );
 
     // NAT b: its CloudWatch refuses, nothing else changes.
     let status = lab.agent_status(1).unwrap();

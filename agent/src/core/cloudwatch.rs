@@ -4,6 +4,28 @@
 //! measure the same thing (docs/agent-config.md lists each against the
 //! NAT Gateway's definition, and those natron cannot measure).
 
+use natron_contract::cloudwatch::METRICS;
+
+/// Packets and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Forwarded traffic by direction, as the wire counters saw it
+/// (`core::ruleset::wire`), since start; IP bytes, the NAT's own traffic
+/// taken off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    pub in_from_source: Traffic,
+    pub out_to_destination: Traffic,
+    pub in_from_destination: Traffic,
+    pub out_to_source: Traffic,
+    /// TCP handshakes a destination answered (SYN-ACKs to a source).
+    pub established: u64,
+}
+
 /// natron's counters and gauges at one moment (`run::cloudwatch` reads
 /// them off the agent's metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,6 +45,8 @@ pub struct Sample {
     pub routes_owned: u64,
     /// Route tables this NAT took over from a failed peer, since start.
     pub takeovers: u64,
+    /// None on a kernel without the wire counters.
+    pub wire: Option<Wire>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,25 +74,13 @@ pub struct Datum {
     pub unit: Unit,
 }
 
-/// The names published, in order (for the docs, the policy and the cost).
-pub const NAMES: [&str; 9] = [
-    "ActiveConnectionCount",
-    "ConnectionAttemptCount",
-    natron_contract::cloudwatch::ERROR_PORT_ALLOCATION,
-    "PacketsDropCount",
-    "BytesForwarded",
-    "PacketsForwarded",
-    natron_contract::cloudwatch::READY,
-    "RoutesOwned",
-    "Failovers",
-];
-
 /// What one publication says: gauges as they are now, counters as what
 /// they grew by since `before` (the last publication that CloudWatch took,
-/// so a failed one loses nothing: the next carries its share).
+/// so a failed one loses nothing: the next carries its share). The
+/// directional metrics only when `now` has the wire counters.
 pub fn data(before: &Sample, now: &Sample) -> Vec<Datum> {
     let grew = |a: u64, b: u64| b.saturating_sub(a) as f64;
-    let values = [
+    let mut values = vec![
         (now.active_connections as f64, Unit::Count),
         (
             grew(before.connection_attempts, now.connection_attempts),
@@ -94,7 +106,23 @@ pub fn data(before: &Sample, now: &Sample) -> Vec<Datum> {
         (now.routes_owned as f64, Unit::Count),
         (grew(before.takeovers, now.takeovers), Unit::Count),
     ];
-    NAMES
+    if let Some(w) = now.wire {
+        let b = before.wire.unwrap_or_default();
+        let directions = [
+            (b.in_from_source, w.in_from_source),
+            (b.out_to_destination, w.out_to_destination),
+            (b.in_from_destination, w.in_from_destination),
+            (b.out_to_source, w.out_to_source),
+        ];
+        for (then, now) in directions {
+            values.push((grew(then.bytes, now.bytes), Unit::Bytes));
+        }
+        for (then, now) in directions {
+            values.push((grew(then.packets, now.packets), Unit::Count));
+        }
+        values.push((grew(b.established, w.established), Unit::Count));
+    }
+    METRICS
         .iter()
         .zip(values)
         .map(|(name, (value, unit))| Datum { name, value, unit })
@@ -105,44 +133,71 @@ pub fn data(before: &Sample, now: &Sample) -> Vec<Datum> {
 mod tests {
     use super::*;
 
+    fn sample(scale: u64, wire: bool) -> Sample {
+        let t = |n: u64| Traffic {
+            packets: n * scale,
+            bytes: 100 * n * scale,
+        };
+        Sample {
+            active_connections: 10 * scale,
+            connection_attempts: 100 * scale,
+            port_allocation_errors: 3 * scale,
+            packets_dropped: 5,
+            bytes_forwarded: 1_000 * scale,
+            packets_forwarded: 10 * scale,
+            ready: scale > 1,
+            routes_owned: scale - 1,
+            takeovers: scale,
+            wire: wire.then_some(Wire {
+                in_from_source: t(1),
+                out_to_destination: t(2),
+                in_from_destination: t(3),
+                out_to_source: t(4),
+                established: 7 * scale,
+            }),
+        }
+    }
+
+    fn value(d: &[Datum], name: &str) -> f64 {
+        d.iter().find(|x| x.name == name).unwrap().value
+    }
+
     #[test]
     fn gauges_are_published_as_they_are_and_counters_as_their_growth() {
-        let before = Sample {
-            active_connections: 10,
-            connection_attempts: 100,
-            port_allocation_errors: 3,
-            packets_dropped: 5,
-            bytes_forwarded: 1_000,
-            packets_forwarded: 10,
-            ready: false,
-            routes_owned: 0,
-            takeovers: 1,
-        };
-        let now = Sample {
-            active_connections: 7,
-            connection_attempts: 150,
-            port_allocation_errors: 10,
-            packets_dropped: 5,
-            bytes_forwarded: 6_000,
-            packets_forwarded: 20,
-            ready: true,
-            routes_owned: 2,
-            takeovers: 2,
-        };
-        let d = data(&before, &now);
-        let value = |name: &str| d.iter().find(|x| x.name == name).unwrap().value;
-        assert_eq!(d.len(), NAMES.len());
-        assert_eq!(value("ActiveConnectionCount"), 7.0);
-        assert_eq!(value("ConnectionAttemptCount"), 50.0);
-        assert_eq!(value("ErrorPortAllocation"), 7.0);
-        assert_eq!(value("PacketsDropCount"), 0.0);
-        assert_eq!(value("BytesForwarded"), 5_000.0);
-        assert_eq!(value("Ready"), 1.0);
-        assert_eq!(value("RoutesOwned"), 2.0);
-        assert_eq!(value("Failovers"), 1.0);
+        let d = data(&sample(1, false), &sample(2, false));
+        assert_eq!(d.len(), 9, "no wire counters, no directional metrics");
+        assert_eq!(value(&d, "ActiveConnectionCount"), 20.0);
+        assert_eq!(value(&d, "ConnectionAttemptCount"), 100.0);
+        assert_eq!(value(&d, "ErrorPortAllocation"), 3.0);
+        assert_eq!(value(&d, "PacketsDropCount"), 0.0);
+        assert_eq!(value(&d, "BytesForwarded"), 1_000.0);
+        assert_eq!(value(&d, "Ready"), 1.0);
+        assert_eq!(value(&d, "RoutesOwned"), 1.0);
+        assert_eq!(value(&d, "Failovers"), 1.0);
         assert_eq!(
             d.iter().find(|x| x.name == "BytesForwarded").unwrap().unit,
             Unit::Bytes
         );
+    }
+
+    #[test]
+    fn each_direction_is_published_under_the_nat_gateways_name() {
+        let d = data(&sample(1, true), &sample(3, true));
+        assert_eq!(d.len(), METRICS.len());
+        assert_eq!(value(&d, "BytesInFromSource"), 200.0);
+        assert_eq!(value(&d, "BytesOutToDestination"), 400.0);
+        assert_eq!(value(&d, "BytesInFromDestination"), 600.0);
+        assert_eq!(value(&d, "BytesOutToSource"), 800.0);
+        assert_eq!(value(&d, "PacketsInFromSource"), 2.0);
+        assert_eq!(value(&d, "PacketsOutToDestination"), 4.0);
+        assert_eq!(value(&d, "PacketsInFromDestination"), 6.0);
+        assert_eq!(value(&d, "PacketsOutToSource"), 8.0);
+        assert_eq!(value(&d, "ConnectionEstablishedCount"), 14.0);
+        for name in ["BytesInFromSource", "BytesOutToSource"] {
+            assert_eq!(d.iter().find(|x| x.name == name).unwrap().unit, Unit::Bytes);
+        }
+        // The first publication with the counters carries all they counted.
+        let first = data(&sample(1, false), &sample(3, true));
+        assert_eq!(value(&first, "BytesOutToSource"), 1_200.0);
     }
 }

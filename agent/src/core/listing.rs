@@ -123,11 +123,17 @@ pub fn normalize(objects: &[Value]) -> Vec<Value> {
         }
     }
     let mut out = objects.to_vec();
+    // A netdev chain's device: nft 1.1.3 lists it, 1.0.6 does not.
+    for o in &mut out {
+        if let Some(Value::Object(chain)) = o.get_mut("chain") {
+            chain.remove("dev");
+        }
+    }
     out.iter_mut().for_each(walk);
     out.iter_mut().for_each(canonical_statements);
-    // Table, sets, flowtables, chains by name, then the rules chain by
-    // chain (a stable sort: their order within a chain is kept, and it
-    // matters).
+    // Table by table (ip, then netdev): the table, its sets, flowtables,
+    // chains by name, then the rules chain by chain (a stable sort: their
+    // order within a chain is kept, and it matters).
     out.sort_by_cached_key(|o| {
         let (kind, body) = o
             .as_object()
@@ -142,7 +148,12 @@ pub fn normalize(objects: &[Value]) -> Vec<Value> {
             "rule" => body.get("chain"),
             _ => body.get("name"),
         };
-        (rank, name.and_then(Value::as_str).unwrap_or("").to_string())
+        let family = body.get("family").and_then(Value::as_str).unwrap_or("");
+        (
+            family.to_string(),
+            rank,
+            name.and_then(Value::as_str).unwrap_or("").to_string(),
+        )
     });
     out
 }
@@ -246,7 +257,7 @@ mod tests {
         let rendered = serde_json::to_value(desired()).unwrap();
         let listed: Vec<Value> = serde_json::from_str(&json)
             .map(|v: Value| {
-                v["nftables"].as_array().unwrap()[2..]
+                v["nftables"].as_array().unwrap()[4..]
                     .iter()
                     .map(|cmd| cmd["add"].clone())
                     .collect()

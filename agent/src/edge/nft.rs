@@ -1,31 +1,33 @@
 //! The kernel's nftables, through the narrow [`Nft`] trait: list natron's
-//! table, apply or check a batch. One real implementation over `nft -j`
+//! tables, apply or check a batch. One real implementation over `nft -j`
 //! (through `exec`), one fake in tests.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use nftables::schema::Nftables;
+use nftables::types::NfFamily;
 use serde_json::Value;
 
 use super::exec;
 use crate::core::listing::{batch_json, parse_listing};
-use crate::core::ruleset::{FAMILY, TABLE};
+use crate::core::ruleset::{wire, FAMILY, TABLE};
 
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("nftables table ip {TABLE}: {0}")]
+    #[error("nftables tables ip and netdev {TABLE}: {0}")]
     Exec(#[from] exec::ExecError),
-    #[error("nftables table ip {TABLE}: {0}")]
+    #[error("nftables tables ip and netdev {TABLE}: {0}")]
     Listing(#[from] crate::core::listing::ListingError),
 }
 
 /// The kernel side: list natron's table, apply or check a batch.
 #[async_trait]
 pub trait Nft: Send + Sync {
-    /// The table's objects as `nft -j` lists them, or None when it is absent.
+    /// The objects of `ip natron` then of `netdev natron` (when present)
+    /// as `nft -j` lists them, or None when `ip natron` is absent.
     async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError>;
     /// Commits one batch atomically.
     async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError>;
@@ -47,25 +49,11 @@ impl Default for NftCli {
 }
 
 impl NftCli {
-    async fn feed(&self, batch: &Nftables<'_>, check: bool) -> Result<(), NftError> {
-        let json = batch_json(batch)?;
-        let args: &[&str] = if check {
-            &["-c", "-j", "-f", "-"]
-        } else {
-            &["-j", "-f", "-"]
-        };
-        exec::run(&self.program, args, Some(json.as_bytes()), NFT_TIMEOUT).await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Nft for NftCli {
-    async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError> {
-        let family = family_name();
+    /// Table `family` natron, or None when it is absent.
+    async fn list(&self, family: &str) -> Result<Option<Vec<Value>>, NftError> {
         match exec::run(
             &self.program,
-            &["-j", "list", "table", &family, TABLE],
+            &["-j", "list", "table", family, TABLE],
             None,
             NFT_TIMEOUT,
         )
@@ -81,6 +69,32 @@ impl Nft for NftCli {
         }
     }
 
+    async fn feed(&self, batch: &Nftables<'_>, check: bool) -> Result<(), NftError> {
+        let json = batch_json(batch)?;
+        let args: &[&str] = if check {
+            &["-c", "-j", "-f", "-"]
+        } else {
+            &["-j", "-f", "-"]
+        };
+        exec::run(&self.program, args, Some(json.as_bytes()), NFT_TIMEOUT).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Nft for NftCli {
+    async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError> {
+        let Some(mut objects) = self.list(family_name(FAMILY)).await? else {
+            return Ok(None);
+        };
+        objects.extend(
+            self.list(family_name(wire::FAMILY))
+                .await?
+                .unwrap_or_default(),
+        );
+        Ok(Some(objects))
+    }
+
     async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError> {
         self.feed(batch, false).await
     }
@@ -90,11 +104,12 @@ impl Nft for NftCli {
     }
 }
 
-fn family_name() -> String {
-    serde_json::to_value(FAMILY)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "ip".into())
+/// nft's name of a family natron has a table in.
+fn family_name(family: NfFamily) -> &'static str {
+    match family {
+        NfFamily::NetDev => "netdev",
+        _ => "ip",
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +139,8 @@ pub mod fake {
                 .as_array()
                 .unwrap()
                 .iter()
-                .skip(2)
+                // The tables' add and delete.
+                .skip(4)
                 .map(|c| c["add"].clone())
                 .collect();
             let mut adds = adds;

@@ -11,8 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::core::cloudwatch::Sample;
-use crate::core::ruleset::rule;
+use crate::core::cloudwatch::{Sample, Traffic, Wire};
+use crate::core::ruleset::{rule, wire};
 use crate::model::Labels;
 
 /// How much a kernel counter grew since the `last` reading. A smaller
@@ -293,7 +293,50 @@ impl Metrics {
                     MoveKind::Takeover.name().to_string(),
                 )])
                 .get(),
+            wire: self.wire(),
         }
+    }
+
+    /// Forwarded traffic by direction from the wire counters' rules (see
+    /// `core::ruleset::wire`), once the kernel has listed them.
+    fn wire(&self) -> Option<Wire> {
+        let seen = self
+            .last_kernel
+            .lock()
+            .expect("metrics lock")
+            .contains_key(wire::rule::IN_FROM_SOURCE);
+        if !seen {
+            return None;
+        }
+        let traffic = |name: &str| {
+            let labels = vec![("rule".to_string(), name.to_string())];
+            Traffic {
+                packets: self.rule_packets.get_or_create(&labels).get(),
+                bytes: self.rule_bytes.get_or_create(&labels).get(),
+            }
+        };
+        // The egress hook counts each packet with its link-layer header.
+        let ip_bytes = |t: Traffic| Traffic {
+            packets: t.packets,
+            bytes: t.bytes.saturating_sub(t.packets * wire::LINK_HEADER_BYTES),
+        };
+        let less = |t: Traffic, own: Traffic| Traffic {
+            packets: t.packets.saturating_sub(own.packets),
+            bytes: t.bytes.saturating_sub(own.bytes),
+        };
+        Some(Wire {
+            in_from_source: traffic(wire::rule::IN_FROM_SOURCE),
+            out_to_destination: less(
+                ip_bytes(traffic(wire::rule::OUT_TO_DESTINATION)),
+                traffic(rule::OWN_OUT_OUTSIDE),
+            ),
+            in_from_destination: less(
+                traffic(wire::rule::IN_FROM_DESTINATION),
+                traffic(rule::OWN_IN_OUTSIDE),
+            ),
+            out_to_source: ip_bytes(traffic(wire::rule::OUT_TO_SOURCE)),
+            established: traffic(wire::rule::SYN_ACK_TO_SOURCE).packets,
+        })
     }
 
     /// Forwarded traffic from the interfaces' totals (packets, bytes over
@@ -323,6 +366,39 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Directions from the wire counters: the egress hook's link headers
+    /// and the NAT's own traffic are taken off; none before the kernel
+    /// lists the wire counters.
+    #[test]
+    fn the_wire_counters_become_directions() {
+        let m = Metrics::new();
+        assert_eq!(m.cloudwatch_sample().wire, None);
+        let c: BTreeMap<String, (u64, u64)> = [
+            (wire::rule::IN_FROM_SOURCE, (10, 5_000)),
+            (wire::rule::OUT_TO_DESTINATION, (13, 5_000 + 13 * 14 + 300)),
+            (rule::OWN_OUT_OUTSIDE, (3, 300)),
+            (wire::rule::IN_FROM_DESTINATION, (22, 20_400)),
+            (rule::OWN_IN_OUTSIDE, (2, 400)),
+            (wire::rule::OUT_TO_SOURCE, (20, 20_000 + 20 * 14)),
+            (wire::rule::SYN_ACK_TO_SOURCE, (4, 4 * 66)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        m.observe_rule_counters(&c);
+        let t = |packets, bytes| Traffic { packets, bytes };
+        assert_eq!(
+            m.cloudwatch_sample().wire,
+            Some(Wire {
+                in_from_source: t(10, 5_000),
+                out_to_destination: t(10, 5_000),
+                in_from_destination: t(20, 20_000),
+                out_to_source: t(20, 20_000),
+                established: 4,
+            })
+        );
+    }
 
     #[test]
     fn kernel_counters_become_monotonic() {

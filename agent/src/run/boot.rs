@@ -103,6 +103,16 @@ pub async fn try_boot(
     if settings.nat.flowtable && !flowtable {
         info!(egress = %egress, "kernel has no nftables flowtables; using the slow path only");
     }
+    // The wire counters feed CloudWatch's directional metrics only: a
+    // kernel without the netdev egress hook publishes without them.
+    let wire_counters = settings.cloudwatch.is_some()
+        && match edges.nft.check(&ruleset::wire::probe(&egress)).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(egress = %egress, error = %e, "kernel has no netdev egress hook; CloudWatch gets no directional metrics (BytesInFromSource and the like)");
+                false
+            }
+        };
     let spec = RulesetSpec {
         egress: egress.clone(),
         sources: settings
@@ -117,6 +127,7 @@ pub async fn try_boot(
         vpc: identity.vpc_cidrs.clone(),
         mss: settings.nat.mss,
         pool: Vec::new(),
+        wire_counters,
     };
     let ct = &settings.conntrack;
     let conntrack_max = ct.max.unwrap_or_else(|| {
@@ -165,6 +176,16 @@ mod tests {
             .unwrap();
         assert_eq!(max.value, "139810", "10 % of 512 MiB");
         assert_eq!(shared.read(|s| s.dataplane.flowtable), Some(true));
+        assert!(!r.spec.wire_counters, "only for CloudWatch");
+        let cloudwatch = Settings {
+            cloudwatch: Some(crate::core::settings::CloudWatch {
+                namespace: "natron".into(),
+                interval: Duration::from_secs(60),
+            }),
+            ..Settings::default()
+        };
+        let r = try_boot(&cloudwatch, &edges, &shared).await.unwrap();
+        assert!(r.spec.wire_counters, "CloudWatch's directional metrics");
     }
 
     #[tokio::test(start_paused = true)]

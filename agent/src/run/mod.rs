@@ -398,6 +398,7 @@ pub(crate) mod tests {
                 vpc: vec!["10.0.0.0/16".parse().unwrap()],
                 mss: Some(1460),
                 pool: Vec::new(),
+                wire_counters: false,
             },
             sysctls: kernel::desired_settings("ens5", 131072, 7440),
             addresses: 1,

@@ -9,7 +9,7 @@ use nftables::expr::{
 };
 use nftables::schema::{Chain, NfListObject, Rule};
 use nftables::stmt::{AnonymousCounter, Counter, JumpTarget, Mangle, Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfHook};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::{FAMILY, TABLE};
 
@@ -34,13 +34,45 @@ pub(super) fn base_chain(
     })
 }
 
+/// A base chain of family `netdev` on one device (its hook: ingress or
+/// egress), accepting whatever it sees.
+pub(super) fn device_chain(
+    name: &str,
+    hook: NfHook,
+    prio: i32,
+    device: &str,
+) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family: NfFamily::NetDev,
+        table: TABLE.into(),
+        name: name.to_string().into(),
+        newname: None,
+        handle: None,
+        _type: Some(NfChainType::Filter),
+        hook: Some(hook),
+        prio: Some(prio),
+        dev: Some(device.to_string().into()),
+        policy: Some(NfChainPolicy::Accept),
+    })
+}
+
 pub(super) fn rule_in(
     chain: &str,
     name: &str,
     expr: Vec<Statement<'static>>,
 ) -> NfListObject<'static> {
+    rule_of(FAMILY, chain, name, expr)
+}
+
+/// A rule of natron's table of `family`, named by its comment.
+pub(super) fn rule_of(
+    family: NfFamily,
+    chain: &str,
+    name: &str,
+    expr: Vec<Statement<'static>>,
+) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
-        family: FAMILY,
+        family,
         table: TABLE.into(),
         chain: chain.to_string().into(),
         expr: Cow::Owned(expr),
@@ -170,6 +202,19 @@ pub(super) fn syn_or_syn_ack() -> Statement<'static> {
             Expression::List(vec![str_expr("syn"), str_expr("rst")]),
         ))),
         right: str_expr("syn"),
+        op: Operator::EQ,
+    })
+}
+
+/// TCP SYN-ACK (the server's answer to a handshake).
+pub(super) fn syn_ack() -> Statement<'static> {
+    let syn_ack = || Expression::List(vec![str_expr("syn"), str_expr("ack")]);
+    Statement::Match(Match {
+        left: Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+            payload("tcp", "flags"),
+            syn_ack(),
+        ))),
+        right: syn_ack(),
         op: Operator::EQ,
     })
 }

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use ipnet::Ipv4Net;
-use nftables::expr::{Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression};
+use nftables::expr::{Expression, FibFlag, MetaKey};
 use nftables::schema::{
     FlowTable, NfCmd, NfListObject, NfObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table,
 };
@@ -35,6 +35,10 @@ pub mod rule {
     pub const GUARD_AGENT_PORT: &str = "guard-agent-port";
     pub const OWN_IN: &str = "own-in";
     pub const OWN_OUT: &str = "own-out";
+    /// The NAT's own traffic with outside the peers on the egress
+    /// interface (only with the wire counters: `wire`).
+    pub const OWN_IN_OUTSIDE: &str = "own-in-outside";
+    pub const OWN_OUT_OUTSIDE: &str = "own-out-outside";
     pub const OFFLOAD: &str = "offload";
     pub const ACCEPT_REPLIES: &str = "accept-replies";
     pub const ACCEPT_SOURCES: &str = "accept-sources";
@@ -71,23 +75,37 @@ pub struct RulesetSpec {
     /// the egress interface's own address (masquerade).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pool: Vec<std::net::Ipv4Addr>,
+    /// Count traffic by direction on the wire (table `netdev natron`,
+    /// `wire`): for the NAT Gateway's directional metrics in CloudWatch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wire_counters: bool,
 }
 
-/// The table's contents as `nft -j list table` shows them (handles and
-/// counter values aside).
+/// natron's tables' contents as `nft -j list table` shows them (handles
+/// and counter values aside): `ip natron`, then `netdev natron` when the
+/// spec wants the wire counters.
 pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
+    let mut objects = render_ip(spec);
+    objects.extend(wire::render(spec));
+    objects
+}
+
+fn render_ip(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
     let mut objects = vec![NfListObject::Table(Table {
         family: FAMILY,
         name: TABLE.into(),
         handle: None,
     })];
     objects.push(NfListObject::Set(Box::new(net_set(
+        FAMILY,
         SOURCES_SET,
         &spec.sources,
     ))));
     let mut peers = spec.sources.clone();
     peers.extend(spec.vpc.iter().copied());
-    objects.push(NfListObject::Set(Box::new(net_set(PEERS_SET, &peers))));
+    objects.push(NfListObject::Set(Box::new(net_set(
+        FAMILY, PEERS_SET, &peers,
+    ))));
     if spec.flowtable {
         objects.push(NfListObject::FlowTable(FlowTable {
             family: FAMILY,
@@ -224,6 +242,9 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
     ]);
     objects.extend(forward);
     objects.extend(local_traffic(spec.agent_port));
+    if spec.wire_counters {
+        objects.extend(own_outside(&spec.egress));
+    }
 
     // Port ranges only exist for TCP and UDP (nft refuses them otherwise):
     // one rule for those, one for the rest (ICMP and friends).
@@ -308,100 +329,11 @@ fn in_listing_order(objects: Vec<NfListObject<'static>>) -> Vec<NfListObject<'st
     out
 }
 
-/// The NAT's own traffic: its agent's port is closed to everyone but the
-/// VPC, the sources and the instance itself, whatever the security group
-/// says (its /status tells about the instance); and its own packets are
-/// counted so that the forwarded traffic can be told from the interfaces'
-/// counters (forwarded = (interface bytes - own) / 2, both ways), without
-/// a rule walked by every forwarded packet.
-fn local_traffic(port: u16) -> Vec<NfListObject<'static>> {
-    vec![
-        rule_in(
-            "input",
-            rule::GUARD_AGENT_PORT,
-            vec![
-                matches(payload("tcp", "dport"), Expression::Number(port.into())),
-                not_matches(meta(MetaKey::Iifname), str_expr("lo")),
-                not_matches(ip("saddr"), set_ref(PEERS_SET)),
-                counter(),
-                drop(),
-            ],
-        ),
-        rule_in(
-            "input",
-            rule::OWN_IN,
-            vec![
-                not_matches(meta(MetaKey::Iifname), str_expr("lo")),
-                counter(),
-            ],
-        ),
-        rule_in(
-            "output",
-            rule::OWN_OUT,
-            vec![
-                not_matches(meta(MetaKey::Oifname), str_expr("lo")),
-                counter(),
-            ],
-        ),
-    ]
-}
-
-/// nft's `raw` priority: before conntrack (-200).
-const RAW_PRIORITY: i32 = -300;
-
-/// Requests to this agent (peers' /readyz checks, scrapes on the instance)
-/// and its answers bypass connection tracking, so a full table (every new
-/// flow dropped) does not silence the agent: its peers still hear its own
-/// verdict (ready while its egress probes get through, 503 once they
-/// cannot, and then they take its tables over) instead of seeing an
-/// unreachable NAT with a fresh heartbeat, a partition that changes
-/// nothing; and its /metrics and /status still show the drops. What
-/// matches: packets from the sources addressed to this instance itself
-/// (`fib daddr type local`), local requests on loopback, and the agent's
-/// answers (the output hook sees only what this instance sends, never
-/// forwarded packets). Replies from the internet to clients masqueraded to
-/// this port come from outside the sources: still tracked and translated.
-fn untracked_agent_traffic(port: u16) -> Vec<NfListObject<'static>> {
-    let port = || Expression::Number(port.into());
-    vec![
-        rule_in(
-            "raw-prerouting",
-            rule::UNTRACKED_TO_AGENT,
-            // Every forwarded packet passes here: the cheap port test
-            // first, the set and route lookups only for what remains.
-            vec![
-                matches(payload("tcp", "dport"), port()),
-                matches(ip("saddr"), set_ref(SOURCES_SET)),
-                matches(
-                    Expression::Named(NamedExpression::Fib(Fib {
-                        result: FibResult::Type,
-                        flags: [FibFlag::Daddr].into_iter().collect(),
-                    })),
-                    str_expr("local"),
-                ),
-                Statement::Notrack,
-            ],
-        ),
-        rule_in(
-            "raw-output",
-            rule::UNTRACKED_LOCAL_TO_AGENT,
-            vec![
-                matches(meta(MetaKey::Oifname), str_expr("lo")),
-                matches(payload("tcp", "dport"), port()),
-                Statement::Notrack,
-            ],
-        ),
-        rule_in(
-            "raw-output",
-            rule::UNTRACKED_FROM_AGENT,
-            vec![matches(payload("tcp", "sport"), port()), Statement::Notrack],
-        ),
-    ]
-}
-
-/// One transaction that creates natron's table or replaces it whole: the
-/// `add` makes the `delete` safe when the table is absent, and the kernel
-/// applies the batch atomically, so no packet ever sees a half-built table.
+/// One transaction that creates natron's tables or replaces them whole:
+/// the `add` makes the `delete` safe when a table is absent, and the kernel
+/// applies the batch atomically, so no packet ever sees a half-built
+/// table. `netdev natron` is removed too, and added back only when the
+/// desired objects hold it.
 pub fn apply_batch(desired: &[NfListObject<'static>]) -> Nftables<'static> {
     let table = || {
         NfListObject::Table(Table {
@@ -414,6 +346,7 @@ pub fn apply_batch(desired: &[NfListObject<'static>]) -> Nftables<'static> {
         NfObject::CmdObject(NfCmd::Add(table())),
         NfObject::CmdObject(NfCmd::Delete(table())),
     ];
+    cmds.extend(wire::clear());
     cmds.extend(
         desired
             .iter()
@@ -449,11 +382,11 @@ pub fn flowtable_probe(device: &str) -> Nftables<'static> {
     }
 }
 
-fn net_set(name: &str, nets: &[Ipv4Net]) -> Set<'static> {
+fn net_set(family: NfFamily, name: &str, nets: &[Ipv4Net]) -> Set<'static> {
     let mut sorted: Vec<Ipv4Net> = Ipv4Net::aggregate(&nets.to_vec());
     sorted.sort();
     Set {
-        family: FAMILY,
+        family,
         table: TABLE.into(),
         name: name.to_string().into(),
         handle: None,
@@ -474,8 +407,11 @@ fn net_set(name: &str, nets: &[Ipv4Net]) -> Set<'static> {
 }
 
 mod expr;
+mod local;
 pub mod pool;
+pub mod wire;
 use expr::*;
+use local::{local_traffic, own_outside, untracked_agent_traffic, RAW_PRIORITY};
 
 #[cfg(test)]
 pub(crate) mod tests;

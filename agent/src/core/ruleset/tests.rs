@@ -17,6 +17,7 @@ pub(crate) fn spec() -> RulesetSpec {
         vpc: vec!["10.0.0.0/16".parse().unwrap()],
         mss: Some(1460),
         pool: Vec::new(),
+        wire_counters: false,
     }
 }
 
@@ -121,6 +122,33 @@ fn debian_13s_nft_lists_the_table_as_rendered() {
     let listed = normalize(&parse_listing(&text).unwrap());
     let rendered = serde_json::to_value(render(&spec())).unwrap();
     assert_eq!(listed, normalize(rendered.as_array().unwrap()));
+}
+
+#[test]
+fn golden_wire_counters() {
+    let mut s = spec();
+    s.wire_counters = true;
+    golden("ruleset-wire-counters.json", &s);
+}
+
+/// What Debian 13's nft lists after loading the ruleset with the wire
+/// counters (`ip natron` then `netdev natron`, captured as the default
+/// one was) is what `render` renders, once normalized.
+#[test]
+fn debian_13s_nft_lists_the_wire_counters_as_rendered() {
+    use crate::core::listing::{normalize, parse_listing};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut listed = Vec::new();
+    for table in ["ip", "netdev"] {
+        let path = dir.join(format!("listing-nft-1.1.3-wire-counters-{table}.json"));
+        listed.extend(parse_listing(&std::fs::read_to_string(&path).unwrap()).unwrap());
+    }
+    let mut s = spec();
+    s.wire_counters = true;
+    let rendered = serde_json::to_value(render(&s)).unwrap();
+    assert_eq!(normalize(&listed), normalize(rendered.as_array().unwrap()));
+    let tables: Vec<_> = listed.iter().filter_map(|o| o.get("table")).collect();
+    assert_eq!(tables.len(), 2, "{tables:?}");
 }
 
 #[test]
