@@ -80,10 +80,11 @@ pub mod cloudwatch {
     /// 1 while the NAT is ready (natron's own).
     pub const READY: &str = "Ready";
     /// Every metric an agent publishes, in its order (the agent's
-    /// `core::cloudwatch`; the provisioner prices this many). The last
-    /// nine come from the wire counters, on kernels with the netdev egress
-    /// hook (the image's).
-    pub const METRICS: [&str; 18] = [
+    /// `core::cloudwatch`; the provisioner prices this many). Of the last
+    /// ten, nine come from the wire counters, on kernels with the netdev
+    /// egress hook (the image's), and IdleTimeoutCount from conntrack's
+    /// events.
+    pub const METRICS: [&str; 19] = [
         "ActiveConnectionCount",
         "ConnectionAttemptCount",
         ERROR_PORT_ALLOCATION,
@@ -102,6 +103,7 @@ pub mod cloudwatch {
         "PacketsInFromDestination",
         "PacketsOutToSource",
         "ConnectionEstablishedCount",
+        "IdleTimeoutCount",
     ];
 }
 

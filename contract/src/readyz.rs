@@ -40,6 +40,9 @@ pub enum Area {
     /// addresses translate (a warning, never a readiness problem: the NAT
     /// egresses from the addresses it has).
     AddressPool,
+    /// The conntrack event watcher counting idle timeouts (with
+    /// CloudWatch on) ended (a warning, never a readiness problem).
+    ConntrackEvents,
     /// A switch only tests set.
     Test,
 }
@@ -63,6 +66,7 @@ impl Area {
             Area::SourcePorts => "source_ports",
             Area::AddressPool => "address_pool",
             Area::CloudWatch => "cloudwatch",
+            Area::ConntrackEvents => "conntrack_events",
             Area::Test => "test",
         }
     }

@@ -221,7 +221,7 @@ mod tests {
         let with_metrics = two_nanos(true);
         // 2 × (9 × 0.30 + 43.8 × 0.01)
         let metrics = with_metrics.natron_total - e.natron_total;
-        assert!((metrics - 2.0 * (5.4 + 0.438)).abs() < 1e-9, "{metrics}");
+        assert!((metrics - 2.0 * (5.7 + 0.438)).abs() < 1e-9, "{metrics}");
         assert_eq!(with_metrics.nat_gateway_total, e.nat_gateway_total);
     }
 

@@ -79,6 +79,9 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
     let mut config = lab.agent_config();
     config.metrics.cloudwatch.enabled = true;
     config.metrics.cloudwatch.interval = Duration::from_secs(2);
+    // The least the agent takes: a connection left idle this long is the
+    // NAT Gateway's IdleTimeoutCount.
+    config.conntrack.tcp_timeout_established = Duration::from_secs(60);
     let a = lab.start_agent(0, config.clone(), &[]).unwrap();
     let b = lab
         .start_agent_with_env(
@@ -90,6 +93,19 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
         .unwrap();
     lab.wait_egress(0, a);
     lab.wait_egress(1, b);
+    // One connection through NAT a is opened, used once, then left idle.
+    let idle = lab.spawn_in(&lab.clients[0].ns, async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = (
+            natron_lab::internet::SERVER,
+            natron_lab::internet::ECHO_PORT,
+        );
+        let mut s = tokio::net::TcpStream::connect(server).await?;
+        s.write_all(b"x").await?;
+        s.read_exact(&mut [0u8; 1]).await?;
+        Ok::<_, std::io::Error>(s)
+    });
+    let idle = lab.join(idle).expect("a connection through NAT a");
     for _ in 0..10 {
         lab.client_get(0, "/").unwrap();
     }
@@ -168,6 +184,9 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
         "ConnectionEstablishedCount {established}, {counted} connections translated"
     );
 
+    // Every connection so far closed as it should, or is young.
+    assert_eq!(sum("IdleTimeoutCount"), 0.0);
+
     // NAT b: its CloudWatch refuses, nothing else changes.
     let status = lab.agent_status(1).unwrap();
     assert!(status.ready, "{:?}", status.reasons);
@@ -209,4 +228,23 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
     assert!(called.contains("cloudwatch:PutMetricData"), "{called:?}");
     let outside: Vec<&String> = called.difference(&allowed).collect();
     assert!(outside.is_empty(), "not allowed: {outside:?}");
+
+    // The idle connection, never closed, is counted once conntrack's 60 s
+    // have run out on NAT a.
+    let idle_timeouts = lab
+        .wait_for(
+            "IdleTimeoutCount in CloudWatch",
+            Duration::from_secs(120),
+            || {
+                let n = sum("IdleTimeoutCount");
+                (n >= 1.0).then_some(n)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", lab.agent_log(a)));
+    assert_eq!(idle_timeouts, 1.0);
+    assert_eq!(
+        lab.agent_metrics(0).unwrap()["natron_nat_idle_timeouts_total"],
+        1.0
+    );
+    drop(idle);
 }

@@ -47,6 +47,9 @@ pub struct Sample {
     pub takeovers: u64,
     /// None on a kernel without the wire counters.
     pub wire: Option<Wire>,
+    /// Translated TCP connections destroyed while established, since
+    /// start; None until the conntrack event watcher has run.
+    pub idle_timeouts: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,56 +80,86 @@ pub struct Datum {
 /// What one publication says: gauges as they are now, counters as what
 /// they grew by since `before` (the last publication that CloudWatch took,
 /// so a failed one loses nothing: the next carries its share). The
-/// directional metrics only when `now` has the wire counters.
+/// directional metrics only when `now` has the wire counters, and
+/// IdleTimeoutCount only once the event watcher has run.
 pub fn data(before: &Sample, now: &Sample) -> Vec<Datum> {
     let grew = |a: u64, b: u64| b.saturating_sub(a) as f64;
-    let mut values = vec![
-        (now.active_connections as f64, Unit::Count),
-        (
+    let [active, attempts, port_errors, drops, bytes, packets, ready, routes, failovers, in_src, out_dst, in_dst, out_src, p_in_src, p_out_dst, p_in_dst, p_out_src, established, idle] =
+        METRICS;
+    let d = |name, value, unit| Datum { name, value, unit };
+    let mut out = vec![
+        d(active, now.active_connections as f64, Unit::Count),
+        d(
+            attempts,
             grew(before.connection_attempts, now.connection_attempts),
             Unit::Count,
         ),
-        (
+        d(
+            port_errors,
             grew(before.port_allocation_errors, now.port_allocation_errors),
             Unit::Count,
         ),
-        (
+        d(
+            drops,
             grew(before.packets_dropped, now.packets_dropped),
             Unit::Count,
         ),
-        (
+        d(
+            bytes,
             grew(before.bytes_forwarded, now.bytes_forwarded),
             Unit::Bytes,
         ),
-        (
+        d(
+            packets,
             grew(before.packets_forwarded, now.packets_forwarded),
             Unit::Count,
         ),
-        (f64::from(u8::from(now.ready)), Unit::None),
-        (now.routes_owned as f64, Unit::Count),
-        (grew(before.takeovers, now.takeovers), Unit::Count),
+        d(ready, f64::from(u8::from(now.ready)), Unit::None),
+        d(routes, now.routes_owned as f64, Unit::Count),
+        d(
+            failovers,
+            grew(before.takeovers, now.takeovers),
+            Unit::Count,
+        ),
     ];
     if let Some(w) = now.wire {
         let b = before.wire.unwrap_or_default();
         let directions = [
-            (b.in_from_source, w.in_from_source),
-            (b.out_to_destination, w.out_to_destination),
-            (b.in_from_destination, w.in_from_destination),
-            (b.out_to_source, w.out_to_source),
+            (in_src, p_in_src, b.in_from_source, w.in_from_source),
+            (
+                out_dst,
+                p_out_dst,
+                b.out_to_destination,
+                w.out_to_destination,
+            ),
+            (
+                in_dst,
+                p_in_dst,
+                b.in_from_destination,
+                w.in_from_destination,
+            ),
+            (out_src, p_out_src, b.out_to_source, w.out_to_source),
         ];
-        for (then, now) in directions {
-            values.push((grew(then.bytes, now.bytes), Unit::Bytes));
+        for (name, _, then, now) in directions {
+            out.push(d(name, grew(then.bytes, now.bytes), Unit::Bytes));
         }
-        for (then, now) in directions {
-            values.push((grew(then.packets, now.packets), Unit::Count));
+        for (_, name, then, now) in directions {
+            out.push(d(name, grew(then.packets, now.packets), Unit::Count));
         }
-        values.push((grew(b.established, w.established), Unit::Count));
+        out.push(d(
+            established,
+            grew(b.established, w.established),
+            Unit::Count,
+        ));
     }
-    METRICS
-        .iter()
-        .zip(values)
-        .map(|(name, (value, unit))| Datum { name, value, unit })
-        .collect()
+    if let Some(n) = now.idle_timeouts {
+        out.push(d(
+            idle,
+            grew(before.idle_timeouts.unwrap_or(0), n),
+            Unit::Count,
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -155,6 +188,7 @@ mod tests {
                 out_to_source: t(4),
                 established: 7 * scale,
             }),
+            idle_timeouts: wire.then_some(2 * scale),
         }
     }
 
@@ -193,6 +227,9 @@ mod tests {
         assert_eq!(value(&d, "PacketsInFromDestination"), 6.0);
         assert_eq!(value(&d, "PacketsOutToSource"), 8.0);
         assert_eq!(value(&d, "ConnectionEstablishedCount"), 14.0);
+        assert_eq!(value(&d, "IdleTimeoutCount"), 4.0);
+        let names: Vec<&str> = d.iter().map(|x| x.name).collect();
+        assert_eq!(names, METRICS, "every metric, in the contract's order");
         for name in ["BytesInFromSource", "BytesOutToSource"] {
             assert_eq!(d.iter().find(|x| x.name == name).unwrap().unit, Unit::Bytes);
         }

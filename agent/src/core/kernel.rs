@@ -121,6 +121,19 @@ pub fn count_offloaded(listing: &str) -> u64 {
         .count() as u64
 }
 
+/// Whether a `conntrack -E` line tells of an idle timeout: a TCP
+/// connection destroyed while still ESTABLISHED (one that closed as it
+/// should is destroyed from TIME_WAIT or CLOSE; an established one goes
+/// only when its `conntrack.tcp_timeout_established` runs out, or when
+/// someone deletes it by hand).
+/// `[DESTROY] tcp      6 ESTABLISHED src=… dst=… sport=… dport=… src=… [ASSURED]`
+pub fn is_idle_timeout(event: &str) -> bool {
+    let mut words = event.split_whitespace();
+    words.next() == Some("[DESTROY]")
+        && words.next() == Some("tcp")
+        && words.nth(1) == Some("ESTABLISHED")
+}
+
 /// Parses /proc/net/stat/nf_conntrack: a header of column names, then one
 /// line of hexadecimal counters per CPU.
 pub fn parse_conntrack_drops(text: &str) -> Option<ConntrackDrops> {
@@ -149,6 +162,23 @@ pub fn conntrack_nearly_full(count: u64, max: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_established_connection_destroyed_is_an_idle_timeout() {
+        let line = "[DESTROY] tcp      6 ESTABLISHED src=10.0.1.5 dst=198.51.100.7 sport=40000 dport=443 src=198.51.100.7 dst=10.0.0.10 sport=443 dport=40000 [ASSURED]";
+        assert!(is_idle_timeout(line));
+        for other in [
+            "[DESTROY] tcp      6 TIME_WAIT src=10.0.1.5 dst=198.51.100.7 sport=40000 dport=443",
+            "[DESTROY] tcp      6 CLOSE src=10.0.1.5 dst=198.51.100.7 sport=40000 dport=443",
+            "[DESTROY] udp      17 src=10.0.1.5 dst=198.51.100.7 sport=40000 dport=53",
+            "    [NEW] tcp      6 120 SYN_SENT src=10.0.1.5 dst=198.51.100.7",
+            " [UPDATE] tcp      6 432000 ESTABLISHED src=10.0.1.5 dst=198.51.100.7",
+            "conntrack v1.4.8 (conntrack-tools): 3 flow events have been shown.",
+            "",
+        ] {
+            assert!(!is_idle_timeout(other), "{other}");
+        }
+    }
 
     #[test]
     fn conntrack_drops_are_summed_over_cpus() {

@@ -58,6 +58,13 @@ pub struct Metrics {
     pub cloudwatch_publications: Counter,
     pub cloudwatch_failures: Counter,
     pub elastic_ip_held: Gauge,
+    /// Translated TCP connections conntrack destroyed while established
+    /// (`run::idle_timeouts`, with CloudWatch on).
+    pub idle_timeouts: Counter,
+    /// 1 while the conntrack event watcher runs.
+    pub idle_timeouts_watching: Gauge,
+    /// Whether the watcher ever ran (CloudWatch gets IdleTimeoutCount).
+    pub idle_timeouts_watched: std::sync::atomic::AtomicBool,
     /// Last kernel counter readings, to turn them into monotonic counters
     /// across table replacements (which reset the kernel's).
     last_kernel: Mutex<BTreeMap<String, (u64, u64)>>,
@@ -109,6 +116,9 @@ impl Metrics {
             cloudwatch_publications: Counter::default(),
             cloudwatch_failures: Counter::default(),
             elastic_ip_held: Gauge::default(),
+            idle_timeouts: Counter::default(),
+            idle_timeouts_watching: Gauge::default(),
+            idle_timeouts_watched: Default::default(),
             last_kernel: Mutex::new(BTreeMap::new()),
             last_interfaces: Mutex::new(None),
             registry: Registry::default(),
@@ -220,6 +230,16 @@ impl Metrics {
             m.cloudwatch_publications.clone(),
         );
         registry.register(
+            "nat_idle_timeouts",
+            "Translated TCP connections that ran out their conntrack.tcp_timeout_established idle (the NAT Gateway's IdleTimeoutCount; counted with metrics.cloudwatch on)",
+            m.idle_timeouts.clone(),
+        );
+        registry.register(
+            "idle_timeouts_watching",
+            "1 while the conntrack event watcher counting idle timeouts runs",
+            m.idle_timeouts_watching.clone(),
+        );
+        registry.register(
             "cloudwatch_failures",
             "PutMetricData calls that failed (the next publication carries their counts)",
             m.cloudwatch_failures.clone(),
@@ -294,6 +314,10 @@ impl Metrics {
                 )])
                 .get(),
             wire: self.wire(),
+            idle_timeouts: self
+                .idle_timeouts_watched
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| self.idle_timeouts.get()),
         }
     }
 

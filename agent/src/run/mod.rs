@@ -26,6 +26,7 @@ pub mod cloudwatch;
 pub mod coordinator;
 pub mod dataplane;
 pub mod elastic_ip;
+pub mod idle_timeouts;
 pub mod peers;
 pub mod prober;
 pub mod projection;
@@ -239,6 +240,10 @@ impl Agent {
             tasks.spawn(
                 "cloudwatch",
                 cloudwatch::publish(sink, self.shared.clone(), settings.clone(), dimensions),
+            );
+            tasks.spawn(
+                "idle-timeouts",
+                idle_timeouts::watch(self.edges.flows.clone(), self.shared.clone()),
             );
         }
         let steps = Steps {
