@@ -44,15 +44,19 @@ pub enum Variant {
     /// natron with `nat.flowtable = false`: its slow path on a kernel that
     /// has the fast path.
     NatronNoFlowtable,
+    /// natron with the wire counters CloudWatch's directional metrics need
+    /// (`netdev natron`, on with `metrics.cloudwatch`).
+    NatronWireCounters,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Plain,
         Variant::FckNat,
         Variant::Natron,
         Variant::NatronFullyRandom,
         Variant::NatronNoFlowtable,
+        Variant::NatronWireCounters,
     ];
     /// What the host's bench compares (its kernel has no flowtable, so
     /// natron without one is natron).
@@ -63,12 +67,13 @@ impl Variant {
         Variant::NatronFullyRandom,
     ];
     /// What the bench inside the image compares (its kernel has the
-    /// flowtable).
-    pub const GUEST: [Variant; 4] = [
+    /// flowtable, which the wire counters' hooks see around).
+    pub const GUEST: [Variant; 5] = [
         Variant::Plain,
         Variant::FckNat,
         Variant::Natron,
         Variant::NatronNoFlowtable,
+        Variant::NatronWireCounters,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +83,7 @@ impl Variant {
             Variant::Natron => "natron",
             Variant::NatronFullyRandom => "natron, fully-random",
             Variant::NatronNoFlowtable => "natron without its flowtable",
+            Variant::NatronWireCounters => "natron with the wire counters (CloudWatch)",
         }
     }
 }
@@ -295,9 +301,13 @@ impl Topology {
                     ],
                 )?;
             }
-            Variant::Natron | Variant::NatronFullyRandom | Variant::NatronNoFlowtable => {
+            Variant::Natron
+            | Variant::NatronFullyRandom
+            | Variant::NatronNoFlowtable
+            | Variant::NatronWireCounters => {
                 let mut spec = self.natron_spec(variant == Variant::NatronFullyRandom, ports);
                 spec.flowtable &= variant != Variant::NatronNoFlowtable;
+                spec.wire_counters = variant == Variant::NatronWireCounters;
                 self.apply_ruleset(&spec)?;
             }
         }
@@ -389,7 +399,12 @@ impl Topology {
 
     /// `nft -j list table ip natron` in the NAT namespace.
     pub fn list_natron_table(&self) -> Result<String, LabError> {
-        exec::in_ns(&self.nat, "nft", &["-j", "list", "table", "ip", "natron"])
+        self.list_table("ip")
+    }
+
+    /// `nft -j list table FAMILY natron` on the NAT.
+    pub fn list_table(&self, family: &str) -> Result<String, LabError> {
+        exec::in_ns(&self.nat, "nft", &["-j", "list", "table", family, "natron"])
     }
 
     /// The source address the server sees: the NAT's when translated.

@@ -29,15 +29,26 @@ fn the_kernel_lists_natrons_table_exactly_as_rendered() {
     use natron_agent::core::listing::{normalize, parse_listing};
     use natron_agent::core::ruleset::render;
     let topo = Topology::build().unwrap_or_else(|e| panic!("{e}"));
-    for (fully_random, ports) in [(false, (1024, 65535)), (true, (20_000, 29_999))] {
-        let spec = topo.natron_spec(fully_random, ports);
+    // The third, without the wire counters, also proves that rewriting
+    // the tables removes `netdev natron`.
+    for (fully_random, ports, wire) in [
+        (false, (1024, 65535), false),
+        (false, (1024, 65535), true),
+        (true, (20_000, 29_999), false),
+    ] {
+        let mut spec = topo.natron_spec(fully_random, ports);
+        spec.wire_counters = wire;
         topo.apply_ruleset(&spec).unwrap();
-        let listed = topo.list_natron_table().unwrap();
+        let mut listed = parse_listing(&topo.list_natron_table().unwrap()).unwrap();
+        match topo.list_table("netdev") {
+            Ok(netdev) => listed.extend(parse_listing(&netdev).unwrap()),
+            Err(e) => assert!(!wire, "no table netdev natron: {e}"),
+        }
         let rendered = serde_json::to_value(render(&spec)).unwrap();
         assert_eq!(
-            normalize(&parse_listing(&listed).unwrap()),
+            normalize(&listed),
             normalize(rendered.as_array().unwrap()),
-            "fully_random = {fully_random}: nft lists the table otherwise than rendered"
+            "fully_random = {fully_random}, wire counters {wire}: nft lists the tables otherwise than rendered"
         );
     }
 }

@@ -282,7 +282,7 @@ fn guest_report(f: &[Figures], rounds: usize, secs: u32) -> String {
             median(&x.conn_per_s),
         ));
     }
-    let (plain, fck, natron, slow) = (&f[0], &f[1], &f[2], &f[3]);
+    let (plain, fck, natron, slow, wire) = (&f[0], &f[1], &f[2], &f[3], &f[4]);
     line(String::new());
     line("Ratios: median of the per-round ratios (their range over the rounds):".into());
     line(String::new());
@@ -314,6 +314,13 @@ fn guest_report(f: &[Figures], rounds: usize, secs: u32) -> String {
         slow,
         fck,
         "(the slow path)",
+        &|_| String::new(),
+    ));
+    line(row(
+        "natron with the wire counters / natron",
+        wire,
+        natron,
+        "(no goal: the price of CloudWatch's directional metrics)",
         &|_| String::new(),
     ));
     line(row(
