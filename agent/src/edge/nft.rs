@@ -26,9 +26,11 @@ pub enum NftError {
 /// The kernel side: list natron's table, apply or check a batch.
 #[async_trait]
 pub trait Nft: Send + Sync {
-    /// The objects of `ip natron` then of `netdev natron` (when present)
-    /// as `nft -j` lists them, or None when `ip natron` is absent.
-    async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError>;
+    /// The objects of `ip natron`, then with `wire` those of `netdev
+    /// natron` (when present), as `nft -j` lists them; None when `ip
+    /// natron` is absent. (Without the wire counters `netdev natron` is not
+    /// listed, which saves an nft run every pass: a rewrite removes it.)
+    async fn list_table(&self, wire: bool) -> Result<Option<Vec<Value>>, NftError>;
     /// Commits one batch atomically.
     async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError>;
     /// Asks the kernel to validate a batch without committing it.
@@ -83,15 +85,14 @@ impl NftCli {
 
 #[async_trait]
 impl Nft for NftCli {
-    async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError> {
+    async fn list_table(&self, wire: bool) -> Result<Option<Vec<Value>>, NftError> {
         let Some(mut objects) = self.list(family_name(FAMILY)).await? else {
             return Ok(None);
         };
-        objects.extend(
-            self.list(family_name(wire::FAMILY))
-                .await?
-                .unwrap_or_default(),
-        );
+        if wire {
+            let listed = self.list(family_name(wire::FAMILY)).await?;
+            objects.extend(listed.unwrap_or_default());
+        }
         Ok(Some(objects))
     }
 
@@ -130,7 +131,7 @@ pub mod fake {
 
     #[async_trait]
     impl Nft for FakeNft {
-        async fn list_table(&self) -> Result<Option<Vec<Value>>, NftError> {
+        async fn list_table(&self, _wire: bool) -> Result<Option<Vec<Value>>, NftError> {
             Ok(self.table.lock().unwrap().clone())
         }
         async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError> {

@@ -46,7 +46,14 @@ impl Reconciler {
                 .cloned()
                 .unwrap_or_default(),
         );
-        let live = nft.list_table().await?;
+        // `netdev natron` is listed only when wanted: a rewrite (which any
+        // change of the wire counters' setting brings, since `ip natron`
+        // changes with it) removes it otherwise.
+        let wire = desired.iter().any(|o| match o {
+            NfListObject::Table(t) => t.family == crate::core::ruleset::wire::FAMILY,
+            _ => false,
+        });
+        let live = nft.list_table(wire).await?;
         let reason = match &live {
             None => "table absent",
             Some(objects) => {
@@ -61,7 +68,7 @@ impl Reconciler {
             }
         };
         nft.apply(&ruleset::apply_batch(desired)).await?;
-        let after = nft.list_table().await?.unwrap_or_default();
+        let after = nft.list_table(wire).await?.unwrap_or_default();
         let have = normalize(&after);
         self.canonical_mismatch = first_difference(&want, &have);
         self.counters = rule_counters(&after);

@@ -164,7 +164,7 @@ impl Steps<'_> {
             // A restarted agent keeps translating over the pool the live
             // table has until EC2 has been read, rather than rewrite the
             // table twice.
-            let live = self.edges.nft.list_table().await.ok().flatten();
+            let live = self.edges.nft.list_table(false).await.ok().flatten();
             m.pool = Some(
                 live.map(|l| crate::core::ruleset::pool::translated(&l))
                     .unwrap_or_default(),
