@@ -397,12 +397,7 @@ impl Topology {
         })
     }
 
-    /// `nft -j list table ip natron` in the NAT namespace.
-    pub fn list_natron_table(&self) -> Result<String, LabError> {
-        self.list_table("ip")
-    }
-
-    /// `nft -j list table FAMILY natron` on the NAT.
+    /// `nft -j list table FAMILY natron` in the NAT namespace.
     pub fn list_table(&self, family: &str) -> Result<String, LabError> {
         exec::in_ns(&self.nat, "nft", &["-j", "list", "table", family, "natron"])
     }

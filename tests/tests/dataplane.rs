@@ -39,7 +39,7 @@ fn the_kernel_lists_natrons_table_exactly_as_rendered() {
         let mut spec = topo.natron_spec(fully_random, ports);
         spec.wire_counters = wire;
         topo.apply_ruleset(&spec).unwrap();
-        let mut listed = parse_listing(&topo.list_natron_table().unwrap()).unwrap();
+        let mut listed = parse_listing(&topo.list_table("ip").unwrap()).unwrap();
         match topo.list_table("netdev") {
             Ok(netdev) => listed.extend(parse_listing(&netdev).unwrap()),
             Err(e) => assert!(!wire, "no table netdev natron: {e}"),

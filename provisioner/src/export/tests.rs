@@ -1,20 +1,14 @@
 //! The template over fixture inventories.
 
 use super::*;
-use crate::layout::{self, tests as fixtures};
+use crate::layout::tests as fixtures;
 use crate::model::{Association, Route, RouteTable};
 
 fn export(inv: &Inventory) -> Export {
     let mut req = fixtures::request();
     req.elastic_ips = true;
     req.cloudwatch_metrics = true;
-    let l = layout::resolve(
-        &req,
-        inv,
-        Ok(fixtures::image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap();
+    let l = fixtures::resolve_fixture(&req, inv).unwrap();
     cloudformation(&l, inv, "aws", 9100)
 }
 
@@ -124,13 +118,7 @@ fn an_address_pool_is_in_the_template_with_its_slots() {
     let inv = fixtures::vpc();
     let mut req = fixtures::request();
     req.addresses = 2;
-    let l = layout::resolve(
-        &req,
-        &inv,
-        Ok(fixtures::image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap();
+    let l = fixtures::resolve_fixture(&req, &inv).unwrap();
     let e = cloudformation(&l, &inv, "aws", 9100);
     let r = &e.template["Resources"];
     let tags = r["ElasticIpAzBSlot1"]["Properties"]["Tags"].to_string();

@@ -81,25 +81,24 @@ pub fn request() -> Request {
     }
 }
 
-fn resolve_err(req: &Request) -> Vec<String> {
+/// `resolve` with the fixture image (arm64) and an arm64 instance type
+/// without an address limit.
+pub fn resolve_fixture(req: &Request, inv: &Inventory) -> Result<Layout, Vec<String>> {
     resolve(
         req,
-        &vpc(),
+        inv,
         Ok(image()),
         &crate::model::InstanceTypeInfo::running(&["arm64"]),
     )
-    .unwrap_err()
+}
+
+fn resolve_err(req: &Request) -> Vec<String> {
+    resolve_fixture(req, &vpc()).unwrap_err()
 }
 
 #[test]
 fn defaults_pick_every_az_with_a_public_subnet() {
-    let l = resolve(
-        &request(),
-        &vpc(),
-        Ok(image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap();
+    let l = resolve_fixture(&request(), &vpc()).unwrap();
     let azs: Vec<_> = l
         .zones
         .iter()
@@ -180,13 +179,7 @@ fn served_vpc() -> Inventory {
 
 #[test]
 fn a_served_subnet_left_out_is_kept() {
-    let l = resolve(
-        &request(),
-        &served_vpc(),
-        Ok(image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap();
+    let l = resolve_fixture(&request(), &served_vpc()).unwrap();
     let b = &l.zones[1];
     assert_eq!(b.az, "az-b");
     let kept: Vec<_> = b
@@ -202,13 +195,7 @@ fn a_served_subnet_left_out_is_kept() {
 fn remove_private_releases_a_served_subnet() {
     let mut req = request();
     req.remove = vec!["subnet-xb".into()];
-    let l = resolve(
-        &req,
-        &served_vpc(),
-        Ok(image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap();
+    let l = resolve_fixture(&req, &served_vpc()).unwrap();
     assert!(l.zones.iter().flat_map(|z| &z.private).all(|p| !p.kept));
     assert_eq!(
         l.released,
@@ -225,13 +212,7 @@ fn remove_private_releases_a_served_subnet() {
 fn the_table_of_a_deleted_subnet_is_stale() {
     let mut inv = served_vpc();
     inv.subnets.retain(|s| s.id != "subnet-xb");
-    let l = resolve(
-        &request(),
-        &inv,
-        Ok(image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap();
+    let l = resolve_fixture(&request(), &inv).unwrap();
     assert_eq!(l.stale_tables, ["rtb-nb"]);
     assert!(l.zones.iter().flat_map(|z| &z.private).all(|p| !p.kept));
 }
@@ -242,14 +223,7 @@ fn partial_apply_mistakes_are_named() {
     req.remove = vec!["subnet-xa".into(), "subnet-pa".into()];
     req.azs = vec!["az-a".into()];
     req.private = vec!["subnet-xa".parse().unwrap()];
-    let errors = resolve(
-        &req,
-        &served_vpc(),
-        Ok(image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap_err()
-    .join("\n");
+    let errors = resolve_fixture(&req, &served_vpc()).unwrap_err().join("\n");
     for needle in [
         "subnet subnet-xa: named by both --private and --remove-private",
         "--remove-private subnet-pa: not served by group g in vpc-1",
@@ -261,14 +235,7 @@ fn partial_apply_mistakes_are_named() {
     let mut req = request();
     req.private = vec![];
     req.remove = vec!["subnet-xb".into()];
-    let errors = resolve(
-        &req,
-        &served_vpc(),
-        Ok(image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap_err()
-    .join("\n");
+    let errors = resolve_fixture(&req, &served_vpc()).unwrap_err().join("\n");
     assert!(
         errors.contains("no private subnet would be left"),
         "{errors}"

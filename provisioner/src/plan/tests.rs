@@ -7,13 +7,7 @@ use crate::model::{
 };
 
 fn layout() -> Layout {
-    layout::resolve(
-        &fixtures::request(),
-        &fixtures::vpc(),
-        Ok(fixtures::image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap()
+    fixtures::resolve_fixture(&fixtures::request(), &fixtures::vpc()).unwrap()
 }
 
 fn kinds(p: &Plan) -> Vec<String> {
@@ -166,13 +160,7 @@ fn partial(remove: &[&str]) -> Plan {
     // Names only the new subnet in az-b.
     req.private = vec!["az-b=10.0.11.0/24".parse().unwrap()];
     req.remove = remove.iter().map(|s| s.to_string()).collect();
-    let l = layout::resolve(
-        &req,
-        &inv,
-        Ok(fixtures::image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap();
+    let l = fixtures::resolve_fixture(&req, &inv).unwrap();
     plan(&l, &inv, "aws", 9100).unwrap()
 }
 
@@ -272,13 +260,7 @@ fn the_table_and_rule_of_a_deleted_subnet_go() {
     inv.subnets.retain(|s| s.id != "subnet-xa");
     let mut req = fixtures::request();
     req.private = vec!["az-b=10.0.11.0/24".parse().unwrap()];
-    let l = layout::resolve(
-        &req,
-        &inv,
-        Ok(fixtures::image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap();
+    let l = fixtures::resolve_fixture(&req, &inv).unwrap();
     let p = plan(&l, &inv, "aws", 9100).unwrap();
     let text: Vec<String> = p.actions.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -297,13 +279,7 @@ fn the_table_and_rule_of_a_deleted_subnet_go() {
 fn pool_layout(addresses: u32, inv: &Inventory) -> Layout {
     let mut req = fixtures::request();
     req.addresses = addresses;
-    layout::resolve(
-        &req,
-        inv,
-        Ok(fixtures::image()),
-        &crate::model::InstanceTypeInfo::running(&["arm64"]),
-    )
-    .unwrap()
+    fixtures::resolve_fixture(&req, inv).unwrap()
 }
 
 /// `--addresses 3`: two slot addresses per AZ, tagged so the agent finds
@@ -406,13 +382,7 @@ fn alarms_follow_the_flag_and_the_group_and_go_first_on_destroy() {
         let mut req = fixtures::request();
         req.cloudwatch_metrics = true;
         req.alarms = on;
-        let l = layout::resolve(
-            &req,
-            inv,
-            Ok(fixtures::image()),
-            &crate::model::InstanceTypeInfo::running(&["arm64"]),
-        )
-        .unwrap();
+        let l = fixtures::resolve_fixture(&req, inv).unwrap();
         plan(&l, inv, "aws", 9100).unwrap()
     };
     let alarm_actions = |p: &Plan| -> Vec<String> {
