@@ -361,23 +361,34 @@ pub fn apply_batch(desired: &[NfListObject<'static>]) -> Nftables<'static> {
 /// A scratch table with just a flowtable on `device`, used with `nft --check`
 /// to learn whether the kernel supports flowtables (nothing is committed).
 pub fn flowtable_probe(device: &str) -> Nftables<'static> {
-    let table = "natron_probe";
+    probe(
+        FAMILY,
+        NfListObject::FlowTable(FlowTable {
+            family: FAMILY,
+            table: PROBE_TABLE.into(),
+            name: FLOWTABLE.into(),
+            handle: None,
+            hook: Some(NfHook::Ingress),
+            prio: Some(0),
+            dev: Some(Cow::Owned(vec![Cow::Owned(device.to_string())])),
+        }),
+    )
+}
+
+/// The scratch table of the kernel probes (only ever checked with `nft
+/// --check`, never committed).
+const PROBE_TABLE: &str = "natron_probe";
+
+/// A batch adding `object` to the scratch table of `family`.
+fn probe(family: NfFamily, object: NfListObject<'static>) -> Nftables<'static> {
     Nftables {
         objects: Cow::Owned(vec![
             NfObject::CmdObject(NfCmd::Add(NfListObject::Table(Table {
-                family: FAMILY,
-                name: table.into(),
+                family,
+                name: PROBE_TABLE.into(),
                 handle: None,
             }))),
-            NfObject::CmdObject(NfCmd::Add(NfListObject::FlowTable(FlowTable {
-                family: FAMILY,
-                table: table.into(),
-                name: FLOWTABLE.into(),
-                handle: None,
-                hook: Some(NfHook::Ingress),
-                prio: Some(0),
-                dev: Some(Cow::Owned(vec![Cow::Owned(device.to_string())])),
-            }))),
+            NfObject::CmdObject(NfCmd::Add(object)),
         ]),
     }
 }

@@ -30,10 +30,9 @@
 
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::{NfFamily, NfHook};
-use std::borrow::Cow;
 
 use super::expr::*;
-use super::{net_set, RulesetSpec, PEERS_SET, SOURCES_SET, TABLE};
+use super::{net_set, RulesetSpec, PEERS_SET, PROBE_TABLE, SOURCES_SET, TABLE};
 
 pub const FAMILY: NfFamily = NfFamily::NetDev;
 const IN_CHAIN: &str = "wire-in";
@@ -130,19 +129,9 @@ pub fn clear() -> [NfObject<'static>; 2] {
 /// A scratch table with an egress chain on `device`, for `nft --check`:
 /// whether the kernel has the netdev egress hook (5.16 and later).
 pub fn probe(device: &str) -> Nftables<'static> {
-    let name = "natron_probe";
     let mut chain = device_chain(OUT_CHAIN, NfHook::Egress, PRIORITY, device);
     if let NfListObject::Chain(c) = &mut chain {
-        c.table = name.into();
+        c.table = PROBE_TABLE.into();
     }
-    Nftables {
-        objects: Cow::Owned(vec![
-            NfObject::CmdObject(NfCmd::Add(NfListObject::Table(Table {
-                family: FAMILY,
-                name: name.into(),
-                handle: None,
-            }))),
-            NfObject::CmdObject(NfCmd::Add(chain)),
-        ]),
-    }
+    super::probe(FAMILY, chain)
 }
