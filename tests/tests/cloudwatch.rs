@@ -187,6 +187,13 @@ fn the_nat_gateway_metrics_reach_cloudwatch_and_an_outage_changes_nothing_else()
     // Every connection so far closed as it should, or is young.
     assert_eq!(sum("IdleTimeoutCount"), 0.0);
 
+    // Both tables, listed in one nft run every pass, compared equal to the
+    // render the whole time: never a rewrite, so no counter was reset.
+    assert_eq!(
+        lab.agent_metrics(0).unwrap()["natron_drift_repairs_total"],
+        0.0
+    );
+
     // NAT b: its CloudWatch refuses, nothing else changes.
     let status = lab.agent_status(1).unwrap();
     assert!(status.ready, "{:?}", status.reasons);

@@ -70,6 +70,31 @@ pub fn parse_listing(out: &str) -> Result<Vec<Value>, ListingError> {
         .collect())
 }
 
+/// From a whole-ruleset listing (`nft -j list ruleset`), natron's own
+/// objects: those of a table named `table` in one of `families`, in the
+/// order listed; None when the first family's table is absent. One listing
+/// of the ruleset costs one nft run where a listing per table costs one
+/// each, and the agent lists every pass.
+pub fn owned_objects(objects: &[Value], table: &str, families: &[&str]) -> Option<Vec<Value>> {
+    let owned = |o: &&Value| {
+        let Some((kind, inner)) = o.as_object().and_then(|m| m.iter().next()) else {
+            return false;
+        };
+        let name_key = if kind == "table" { "name" } else { "table" };
+        let family = inner.get("family").and_then(Value::as_str);
+        inner.get(name_key).and_then(Value::as_str) == Some(table)
+            && family.is_some_and(|f| families.contains(&f))
+    };
+    let first = families.first()?;
+    let present = objects.iter().any(|o| {
+        o.get("table").is_some_and(|t| {
+            t.get("name").and_then(Value::as_str) == Some(table)
+                && t.get("family").and_then(Value::as_str) == Some(first)
+        })
+    });
+    present.then(|| objects.iter().filter(owned).cloned().collect())
+}
+
 /// The comparable form of a table's objects: handles dropped and counter
 /// values zeroed, since both change without the ruleset changing; a
 /// one-element `flags` or flowtable `dev` list written as its element, as
@@ -243,6 +268,7 @@ mod tests {
     use super::*;
     use crate::core::ruleset::{self, render};
     use nftables::schema::NfListObject;
+    use serde_json::json;
 
     fn desired() -> Vec<NfListObject<'static>> {
         render(&crate::core::ruleset::tests::spec())
@@ -306,6 +332,30 @@ mod tests {
         let mut missing = want.clone();
         missing.pop();
         assert_ne!(skeleton(&missing), skeleton(&want));
+    }
+
+    #[test]
+    fn a_ruleset_listing_keeps_only_natrons_tables() {
+        let listed = vec![
+            json!({"table": {"family": "ip", "name": "natron", "handle": 1}}),
+            json!({"table": {"family": "ip", "name": "filter", "handle": 2}}),
+            json!({"chain": {"family": "ip", "table": "filter", "name": "natron"}}),
+            json!({"chain": {"family": "ip", "table": "natron", "name": "postrouting"}}),
+            json!({"table": {"family": "inet", "name": "natron", "handle": 3}}),
+            json!({"rule": {"family": "inet", "table": "natron", "chain": "c"}}),
+            json!({"table": {"family": "netdev", "name": "natron", "handle": 4}}),
+            json!({"set": {"family": "netdev", "table": "natron", "name": "peers"}}),
+        ];
+        let owned = owned_objects(&listed, "natron", &["ip", "netdev"]).unwrap();
+        assert_eq!(
+            owned,
+            [&listed[0], &listed[3], &listed[6], &listed[7]].map(Clone::clone)
+        );
+        // Without `ip natron`, natron's table is absent, whatever else is.
+        assert_eq!(
+            owned_objects(&listed[1..], "natron", &["ip", "netdev"]),
+            None
+        );
     }
 
     #[test]

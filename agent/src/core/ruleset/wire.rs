@@ -10,6 +10,7 @@
 //! (priority -500 < 0), egress as the packet leaves. Each chain only
 //! counts and accepts; nothing here can drop or change a packet, and the
 //! table goes away with a rewrite when the metrics are turned off.
+//! (`accept` here ends only this chain's evaluation of the packet.)
 //!
 //! What each counter sees (peers = the sources and the VPC, as in `ip
 //! natron`):
@@ -68,6 +69,13 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
         NfListObject::Set(Box::new(net_set(FAMILY, PEERS_SET, &peers))),
         device_chain(IN_CHAIN, NfHook::Ingress, PRIORITY, &spec.egress),
         device_chain(OUT_CHAIN, NfHook::Egress, PRIORITY, &spec.egress),
+        // Each packet a NAT forwards matches one counting rule a chain, so
+        // the rules that end with `accept` (which ends only this chain: the
+        // flowtable and `ip natron` still see the packet) are ordered, and
+        // each rule's matches written, so that a packet meets two set
+        // lookups a chain, not three to five: from a source, or from
+        // outside, on the way in; to a source from outside, or to outside
+        // from the NAT's address, on the way out.
         rule(
             IN_CHAIN,
             rule::IN_FROM_SOURCE,
@@ -75,12 +83,26 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
                 matches(ip("saddr"), set_ref(SOURCES_SET)),
                 not_matches(ip("daddr"), set_ref(PEERS_SET)),
                 counter(),
+                accept(),
             ],
         ),
         rule(
             IN_CHAIN,
             rule::IN_FROM_DESTINATION,
             vec![not_matches(ip("saddr"), set_ref(PEERS_SET)), counter()],
+        ),
+        // The SYN-ACK test comes before the lookups: it fails at once for
+        // nearly every packet, and the packets it passes go on to be
+        // counted by `wire-out-to-source` too.
+        rule(
+            OUT_CHAIN,
+            rule::SYN_ACK_TO_SOURCE,
+            vec![
+                syn_ack(),
+                not_matches(ip("saddr"), set_ref(PEERS_SET)),
+                matches(ip("daddr"), set_ref(SOURCES_SET)),
+                counter(),
+            ],
         ),
         rule(
             OUT_CHAIN,
@@ -89,16 +111,7 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
                 not_matches(ip("saddr"), set_ref(PEERS_SET)),
                 matches(ip("daddr"), set_ref(SOURCES_SET)),
                 counter(),
-            ],
-        ),
-        rule(
-            OUT_CHAIN,
-            rule::SYN_ACK_TO_SOURCE,
-            vec![
-                not_matches(ip("saddr"), set_ref(PEERS_SET)),
-                matches(ip("daddr"), set_ref(SOURCES_SET)),
-                syn_ack(),
-                counter(),
+                accept(),
             ],
         ),
         rule(
