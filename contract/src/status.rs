@@ -316,13 +316,17 @@ pub struct Routes {
     pub owned: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTable {
     pub id: String,
     /// The table's `natron:az` tag: the AZ whose NAT is its home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub az: Option<String>,
     pub default_route: Option<RouteTarget>,
+    /// The table's NAT64 route (`64:ff9b::/96`), when it has one: it
+    /// follows the default route wherever that goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat64_route: Option<RouteTarget>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

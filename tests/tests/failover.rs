@@ -40,13 +40,43 @@ fn only_calls_the_policy_allows(s: &TwoAzs) {
     );
 }
 
+/// AZ `table_az`'s table gets a NAT64 route through NAT `nat_az`, as
+/// `natron apply --nat64` writes it.
+fn with_nat64_route(s: &TwoAzs, table_az: usize, nat_az: usize) {
+    let table = &s.lab.private_tables[table_az];
+    s.lab
+        .add_nat64_route(table, &s.lab.nats[nat_az].interface_id)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// AZ `table_az`'s NAT64 route points at NAT `nat_az`, as its default
+/// route does (it moves right after it, in the same read-verify-write).
+fn nat64_follows(s: &TwoAzs, table_az: usize, nat_az: usize) {
+    let table = &s.lab.private_tables[table_az];
+    let want = s.lab.nats[nat_az].interface_id.clone();
+    s.lab
+        .wait_for("the NAT64 route to follow", Duration::from_secs(2), || {
+            (s.lab.nat64_target(table).ok().flatten().as_deref() == Some(want.as_str()))
+                .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{}", s.with_log(nat_az, e)));
+}
+
 #[test]
 fn dead_nat_is_replaced_by_the_other_az() {
     let s = two_azs(Duration::from_secs(30));
+    // AZ a's table serves NAT64 too; AZ b's table does not.
+    with_nat64_route(&s, 0, 0);
     let t0 = Instant::now();
     s.lab.kill_nat(0).unwrap();
     s.owner_is(0, 1, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{}", s.with_log(1, e)));
+    nat64_follows(&s, 0, 1);
+    assert_eq!(
+        s.lab.nat64_target(&s.lab.private_tables[1]).unwrap(),
+        None,
+        "a table without a NAT64 route gets none"
+    );
     let outage = s
         .served_via(0, 1, t0, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -77,6 +107,10 @@ fn dead_nat_is_replaced_by_the_other_az() {
 fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
     let hold_down = Duration::from_secs(5);
     let s = two_azs(hold_down);
+    // A NAT64 route left at the wrong NAT is brought in line by the NAT
+    // its table's default route names.
+    with_nat64_route(&s, 0, 1);
+    nat64_follows(&s, 0, 0);
     let t0 = Instant::now();
     s.lab.break_egress(0).unwrap();
     let (_, body) = s
@@ -87,6 +121,7 @@ fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
         .unwrap();
     assert!(body.has(Area::Egress), "{body:?}");
     s.owner_is(0, 1, Duration::from_secs(20)).unwrap();
+    nat64_follows(&s, 0, 1);
     let outage = s
         .served_via(0, 1, t0, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -106,6 +141,7 @@ fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
     s.owner_is(0, 0, hold_down + Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("{}", s.with_log(0, e)));
     let back_at = Instant::now();
+    nat64_follows(&s, 0, 0);
     assert!(
         back_at >= ready_at + hold_down - Duration::from_millis(500),
         "failback {:?} after ready, before the {hold_down:?} hold-down",
@@ -127,6 +163,7 @@ fn nat_with_broken_egress_demotes_itself_and_recovers_after_hold_down() {
 #[test]
 fn a_handoff_at_shutdown_hands_routes_over_losing_nothing() {
     let s = two_azs(Duration::from_secs(30));
+    with_nat64_route(&s, 0, 0);
     let t0 = Instant::now();
     let (code, out) = s.lab.handoff(s.agents[0]);
     assert_eq!(code, Some(0), "{out}\n{}", s.lab.agent_log(s.agents[0]));
@@ -135,6 +172,7 @@ fn a_handoff_at_shutdown_hands_routes_over_losing_nothing() {
         "{out}"
     );
     s.owner_is(0, 1, Duration::from_secs(2)).unwrap();
+    nat64_follows(&s, 0, 1);
     std::thread::sleep(Duration::from_millis(1500));
     let lost = s.probes[0].lost_between(t0, Instant::now() - Duration::from_millis(1100));
     println!("planned handoff: {lost} probes lost");

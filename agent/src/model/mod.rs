@@ -11,6 +11,27 @@ pub use natron_contract::status::RouteTable;
 
 /// The destination natron's routes are for.
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
+/// The well-known NAT64 prefix (RFC 6052), the one the VPC's DNS64
+/// synthesizes addresses in.
+pub const NAT64_ROUTE: &str = "64:ff9b::/96";
+
+/// The routes of a table natron writes: its IPv4 default route, which the
+/// failover rules move, and its NAT64 route, present only in tables made
+/// for NAT64, which follows the default route to the same NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Default,
+    Nat64,
+}
+
+impl Destination {
+    pub fn cidr(self) -> &'static str {
+        match self {
+            Destination::Default => DEFAULT_ROUTE,
+            Destination::Nat64 => NAT64_ROUTE,
+        }
+    }
+}
 
 /// Prometheus label pairs.
 pub type Labels = Vec<(String, String)>;

@@ -100,6 +100,7 @@ mod tests {
             id: format!("rtb-{az}"),
             az: Some(az.into()),
             default_route: Some(RouteTarget::interface(&format!("eni-{owner}"))),
+            nat64_route: None,
         }
     }
 

@@ -37,6 +37,7 @@ mod failures;
 mod observe;
 mod paths;
 mod provision;
+mod routes;
 mod spec;
 mod sync;
 mod vm;

@@ -41,6 +41,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod nat64;
+
 pub use natron_contract::status::{Health, MoveKind};
 
 use crate::model::instance::GroupInstance;

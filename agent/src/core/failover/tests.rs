@@ -16,6 +16,7 @@ fn table(id: &str, az: &str, owner: Option<&str>) -> RouteTable {
             state: Some(RouteState::Active),
             ..Default::default()
         }),
+        nat64_route: None,
     }
 }
 

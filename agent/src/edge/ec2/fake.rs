@@ -10,7 +10,7 @@ use natron_contract::aws::{AwsError, ErrorKind};
 use super::Ec2;
 use crate::model::address::{Address, InterfaceAddresses};
 use crate::model::instance::GroupInstance;
-use crate::model::{RouteTable, RouteTarget};
+use crate::model::{Destination, RouteTable, RouteTarget};
 
 /// EC2 in memory: route tables by id, SourceDestCheck by instance,
 /// and a queue of errors to return before the next calls succeed.
@@ -18,6 +18,8 @@ use crate::model::{RouteTable, RouteTarget};
 pub struct FakeEc2 {
     pub source_dest_check: Mutex<BTreeMap<String, bool>>,
     pub tables: Mutex<BTreeMap<String, Option<RouteTarget>>>,
+    /// NAT64 routes by table id (only tables that have one).
+    pub nat64: Mutex<BTreeMap<String, RouteTarget>>,
     pub instances: Mutex<Vec<GroupInstance>>,
     /// `natron:az` tag per table id.
     pub table_az: Mutex<BTreeMap<String, String>>,
@@ -35,6 +37,34 @@ impl FakeEc2 {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+impl FakeEc2 {
+    /// Records `<action> <table> <eni>` for the default route, `<action>
+    /// <table> 64:ff9b::/96 <eni>` for the NAT64 one, and writes it.
+    fn write_route(
+        &self,
+        action: &str,
+        table_id: &str,
+        destination: Destination,
+        eni: &str,
+    ) -> Result<(), AwsError> {
+        let target = RouteTarget::interface(eni);
+        match destination {
+            Destination::Default => {
+                self.call(format!("{action} {table_id} {eni}"))?;
+                self.tables
+                    .lock()
+                    .unwrap()
+                    .insert(table_id.into(), Some(target));
+            }
+            Destination::Nat64 => {
+                self.call(format!("{action} {table_id} {} {eni}", destination.cidr()))?;
+                self.nat64.lock().unwrap().insert(table_id.into(), target);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -79,6 +109,7 @@ impl Ec2 for FakeEc2 {
                 id: id.clone(),
                 az: self.table_az.lock().unwrap().get(id).cloned(),
                 default_route: t.clone(),
+                nat64_route: self.nat64.lock().unwrap().get(id).cloned(),
             })
             .collect())
     }
@@ -88,6 +119,7 @@ impl Ec2 for FakeEc2 {
             id: table_id.into(),
             az: self.table_az.lock().unwrap().get(table_id).cloned(),
             default_route: self.tables.lock().unwrap().get(table_id).cloned().flatten(),
+            nat64_route: self.nat64.lock().unwrap().get(table_id).cloned(),
         })
     }
     async fn group_instances(
@@ -106,24 +138,21 @@ impl Ec2 for FakeEc2 {
             "CreateTags {instance_id} natron:source-ports={value}"
         ))
     }
-    async fn create_default_route(&self, table_id: &str, eni: &str) -> Result<(), AwsError> {
-        self.call(format!("CreateRoute {table_id} {eni}"))?;
-        let target = RouteTarget {
-            interface_id: Some(eni.into()),
-            ..Default::default()
-        };
-        self.tables
-            .lock()
-            .unwrap()
-            .insert(table_id.into(), Some(target));
-        Ok(())
+    async fn create_route(
+        &self,
+        table_id: &str,
+        destination: Destination,
+        eni: &str,
+    ) -> Result<(), AwsError> {
+        self.write_route("CreateRoute", table_id, destination, eni)
     }
-    async fn replace_default_route(&self, table_id: &str, eni: &str) -> Result<(), AwsError> {
-        self.create_default_route(table_id, eni).await?;
-        let mut calls = self.calls.lock().unwrap();
-        let last = calls.len() - 1;
-        calls[last] = format!("ReplaceRoute {table_id} {eni}");
-        Ok(())
+    async fn replace_route(
+        &self,
+        table_id: &str,
+        destination: Destination,
+        eni: &str,
+    ) -> Result<(), AwsError> {
+        self.write_route("ReplaceRoute", table_id, destination, eni)
     }
     async fn az_addresses(&self, _group: &str, _az: &str) -> Result<Vec<Address>, AwsError> {
         self.call("DescribeAddresses".into())?;

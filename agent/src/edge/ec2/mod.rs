@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use crate::model::address::{Address, InterfaceAddresses};
 use crate::model::instance::GroupInstance;
-use crate::model::RouteTable;
+use crate::model::{Destination, RouteTable};
 
 pub mod aws;
 #[cfg(test)]
@@ -40,14 +40,18 @@ pub trait Ec2: Send + Sync {
     /// Writes this instance's `natron:source-ports` tag (its value made by
     /// `tags::source_ports_value`).
     async fn put_source_ports(&self, instance_id: &str, value: &str) -> Result<(), AwsError>;
-    async fn create_default_route(
+    /// Creates the table's route to `destination` through the interface.
+    async fn create_route(
         &self,
         table_id: &str,
+        destination: Destination,
         interface_id: &str,
     ) -> Result<(), AwsError>;
-    async fn replace_default_route(
+    /// Points the table's route to `destination` at the interface.
+    async fn replace_route(
         &self,
         table_id: &str,
+        destination: Destination,
         interface_id: &str,
     ) -> Result<(), AwsError>;
     /// Elastic IPs tagged `natron:group=<group>` and `natron:az=<az>`.

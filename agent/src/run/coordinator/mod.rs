@@ -242,8 +242,26 @@ impl Coordinator {
         if !moves.is_empty() {
             self.read_tables(&mut st).await?;
         }
+        let me = self.me_in_group(&st.instances);
+        let follows = failover::nat64::follows(&me, &st.tables);
+        for f in &follows {
+            self.follow(f, &me).await?;
+        }
+        if !follows.is_empty() {
+            self.read_tables(&mut st).await?;
+        }
         self.publish(&st, &health);
         Ok(made)
+    }
+
+    /// This NAT as the group's last read shows it (its ENIs included),
+    /// else as its own metadata does.
+    fn me_in_group(&self, instances: &[GroupInstance]) -> GroupInstance {
+        instances
+            .iter()
+            .find(|i| i.instance_id == self.me)
+            .unwrap_or(&self.myself)
+            .clone()
     }
 
     async fn read_instances(&self, st: &mut LoopState) -> Result<(), AwsError> {

@@ -1,5 +1,6 @@
-//! Carrying out moves: read-verify-write of one route, the route table
-//! reads, and the handoff of a NAT going away.
+//! Carrying out moves: read-verify-write of one route (and of the NAT64
+//! route that follows it), the route table reads, and the handoff of a
+//! NAT going away.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,8 +11,11 @@ use natron_contract::tags;
 use tracing::{info, warn};
 
 use super::{Coordinator, LoopState};
+use crate::core::failover::nat64::Follow;
 use crate::core::failover::Move;
 use crate::edge::ec2::AwsError;
+use crate::model::instance::GroupInstance;
+use crate::model::{Destination, NAT64_ROUTE};
 use crate::run::unix_ms;
 
 const EVENTS_KEPT: usize = 20;
@@ -83,12 +87,12 @@ impl Coordinator {
         match current.default_route {
             None => {
                 self.ec2
-                    .create_default_route(&mv.table, &mv.to_interface)
+                    .create_route(&mv.table, Destination::Default, &mv.to_interface)
                     .await?
             }
             Some(_) => {
                 self.ec2
-                    .replace_default_route(&mv.table, &mv.to_interface)
+                    .replace_route(&mv.table, Destination::Default, &mv.to_interface)
                     .await?
             }
         }
@@ -116,6 +120,56 @@ impl Coordinator {
             s.failover.events.truncate(EVENTS_KEPT);
             s.failover.last_event_unix_ms = Some(now);
         });
+        // The table's NAT64 route goes with it at once, on the same read:
+        // the table was verified and its default route just written. A
+        // failure here is only logged: the default route has moved, and
+        // `follow` repairs the NAT64 route on this pass or the next.
+        if let Some(nat64) = &current.nat64_route {
+            let to = [mv.to_interface.clone()];
+            if !nat64.names(&mv.to_instance, &to) {
+                let moved = self
+                    .ec2
+                    .replace_route(&mv.table, Destination::Nat64, &mv.to_interface)
+                    .await;
+                match moved {
+                    Ok(()) => info!(
+                        table = %mv.table, from = %nat64.describe(), to = %mv.to_interface,
+                        "route {NAT64_ROUTE} moved with the default route"
+                    ),
+                    Err(e) => warn!(
+                        table = %mv.table, error = %e,
+                        "route {NAT64_ROUTE} not moved with the default route; retried on the next pass"
+                    ),
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Brings one NAT64 route in line with its table's default route
+    /// (`failover::nat64`), with read-verify-write: only if the default
+    /// route still names this NAT and the NAT64 route is still what the
+    /// decision saw. Returns whether it wrote.
+    pub(super) async fn follow(&self, f: &Follow, me: &GroupInstance) -> Result<bool, AwsError> {
+        let current = self.ec2.route_table(&f.table).await?;
+        let still_mine = current
+            .default_route
+            .as_ref()
+            .is_some_and(|d| d.names(&me.instance_id, &me.interface_ids));
+        let unchanged = current
+            .nat64_route
+            .as_ref()
+            .is_some_and(|n| n.same_target(&f.expect));
+        if !(still_mine && unchanged) {
+            return Ok(false);
+        }
+        self.ec2
+            .replace_route(&f.table, Destination::Nat64, &f.to_interface)
+            .await?;
+        info!(
+            table = %f.table, from = %f.expect.describe(), to = %f.to_interface,
+            "route {NAT64_ROUTE} brought in line with the table's default route"
+        );
         Ok(true)
     }
 

@@ -253,3 +253,106 @@ async fn while_every_call_is_throttled_the_coordinator_asks_less_than_in_steady_
     );
     assert!(shared.read(|s| s.ec2.backoff_ms).is_some());
 }
+
+fn writes(ec2: &FakeEc2) -> Vec<String> {
+    ec2.calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.starts_with("CreateRoute") || c.starts_with("ReplaceRoute"))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_claim_moves_the_tables_nat64_route_with_its_default_route() {
+    let ec2 = fake_with_table_a(instance("i-a", "az-a"));
+    ec2.nat64
+        .lock()
+        .unwrap()
+        .insert("rtb-a".into(), RouteTarget::interface("eni-gone"));
+    let shared = Arc::new(Shared::new());
+    let c = coordinator(ec2.clone(), shared.clone());
+    ready(&shared);
+    assert_eq!(c.pass(false).await.unwrap(), 1);
+    assert_eq!(
+        writes(&ec2),
+        [
+            "CreateRoute rtb-a eni-i-a",
+            "ReplaceRoute rtb-a 64:ff9b::/96 eni-i-a"
+        ]
+    );
+    // At once, on the table's read-verify-write, not a pass later.
+    let calls = ec2.calls.lock().unwrap().clone();
+    let default_at = calls
+        .iter()
+        .position(|c| c.starts_with("CreateRoute"))
+        .unwrap();
+    assert!(calls[default_at + 1].contains("64:ff9b::/96"), "{calls:?}");
+    let table = &shared.snapshot().routes.tables[0];
+    assert_eq!(table.nat64_route, Some(RouteTarget::interface("eni-i-a")));
+    // In line: nothing more to write.
+    assert_eq!(c.pass(false).await.unwrap(), 0);
+    assert_eq!(writes(&ec2).len(), 2);
+}
+
+#[tokio::test]
+async fn a_nat64_route_left_elsewhere_is_brought_in_line_and_none_is_made() {
+    // rtb-a is already this NAT's, its NAT64 route still at another NAT
+    // (an agent that stopped between the two writes); rtb-b is this NAT's
+    // too and has no NAT64 route.
+    let ec2 = fake_with_table_a(instance("i-a", "az-a"));
+    for t in ["rtb-a", "rtb-b"] {
+        ec2.tables
+            .lock()
+            .unwrap()
+            .insert(t.into(), Some(RouteTarget::interface("eni-i-a")));
+    }
+    ec2.nat64
+        .lock()
+        .unwrap()
+        .insert("rtb-a".into(), RouteTarget::interface("eni-i-b"));
+    let shared = Arc::new(Shared::new());
+    let c = coordinator(ec2.clone(), shared.clone());
+    ready(&shared);
+    assert_eq!(c.pass(false).await.unwrap(), 0, "no default route moved");
+    assert_eq!(writes(&ec2), ["ReplaceRoute rtb-a 64:ff9b::/96 eni-i-a"]);
+    assert!(!ec2.nat64.lock().unwrap().contains_key("rtb-b"));
+    c.pass(false).await.unwrap();
+    assert_eq!(writes(&ec2).len(), 1, "once in line, left alone");
+}
+
+#[tokio::test]
+async fn a_nat64_route_is_not_followed_once_its_table_moved_away() {
+    let ec2 = Arc::new(FakeEc2::default());
+    let c = coordinator(ec2.clone(), Arc::new(Shared::new()));
+    // Decided while the table was this NAT's; read again, it is b's now.
+    ec2.tables
+        .lock()
+        .unwrap()
+        .insert("rtb-a".into(), Some(RouteTarget::interface("eni-i-b")));
+    ec2.nat64
+        .lock()
+        .unwrap()
+        .insert("rtb-a".into(), RouteTarget::interface("eni-i-c"));
+    let f = crate::core::failover::nat64::Follow {
+        table: "rtb-a".into(),
+        to_interface: "eni-i-a".into(),
+        expect: RouteTarget::interface("eni-i-c"),
+    };
+    let me = instance("i-a", "az-a");
+    assert!(!c.follow(&f, &me).await.unwrap());
+    assert!(writes(&ec2).is_empty());
+    // Still this NAT's, but the NAT64 route changed since: not written
+    // either.
+    ec2.tables
+        .lock()
+        .unwrap()
+        .insert("rtb-a".into(), Some(RouteTarget::interface("eni-i-a")));
+    ec2.nat64
+        .lock()
+        .unwrap()
+        .insert("rtb-a".into(), RouteTarget::interface("eni-i-d"));
+    assert!(!c.follow(&f, &me).await.unwrap());
+    assert!(writes(&ec2).is_empty());
+}

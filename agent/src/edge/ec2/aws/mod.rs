@@ -16,7 +16,10 @@ use prometheus_client::metrics::family::Family;
 use super::Ec2;
 use crate::model::address::{Address, InterfaceAddresses};
 use crate::model::instance::GroupInstance;
-use crate::model::{InstanceState, Labels, RouteState, RouteTable, RouteTarget, DEFAULT_ROUTE};
+use crate::model::{
+    Destination, InstanceState, Labels, RouteState, RouteTable, RouteTarget, DEFAULT_ROUTE,
+    NAT64_ROUTE,
+};
 use addresses::Holder;
 
 mod addresses;
@@ -39,21 +42,19 @@ fn missing(operation: &'static str, resource: &str, message: &str) -> AwsError {
 }
 
 fn parse_route_table(rt: &aws_sdk_ec2::types::RouteTable) -> RouteTable {
-    let default_route = rt
-        .routes()
-        .iter()
-        .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
-        .map(|r| RouteTarget {
-            instance_id: r.instance_id().map(str::to_string),
-            interface_id: r.network_interface_id().map(str::to_string),
-            other: r
-                .gateway_id()
-                .or(r.nat_gateway_id())
-                .or(r.vpc_peering_connection_id())
-                .or(r.transit_gateway_id())
-                .map(str::to_string),
-            state: r.state().map(|s| RouteState::parse(s.as_str())),
-        });
+    let target = |r: &aws_sdk_ec2::types::Route| RouteTarget {
+        instance_id: r.instance_id().map(str::to_string),
+        interface_id: r.network_interface_id().map(str::to_string),
+        other: r
+            .gateway_id()
+            .or(r.nat_gateway_id())
+            .or(r.vpc_peering_connection_id())
+            .or(r.transit_gateway_id())
+            .or(r.egress_only_internet_gateway_id())
+            .map(str::to_string),
+        state: r.state().map(|s| RouteState::parse(s.as_str())),
+    };
+    let routes = rt.routes();
     RouteTable {
         id: rt.route_table_id().unwrap_or_default().to_string(),
         az: rt
@@ -62,7 +63,14 @@ fn parse_route_table(rt: &aws_sdk_ec2::types::RouteTable) -> RouteTable {
             .find(|t| t.key() == Some(tags::AZ))
             .and_then(|t| t.value())
             .map(str::to_string),
-        default_route,
+        default_route: routes
+            .iter()
+            .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
+            .map(target),
+        nat64_route: routes
+            .iter()
+            .find(|r| r.destination_ipv6_cidr_block() == Some(NAT64_ROUTE))
+            .map(target),
     }
 }
 
@@ -383,39 +391,49 @@ impl Ec2 for AwsEc2 {
         self.tag_once(instance_id, tags::SOURCE_PORTS, value).await
     }
 
-    async fn create_default_route(
+    async fn create_route(
         &self,
         table_id: &str,
+        destination: Destination,
         interface_id: &str,
     ) -> Result<(), AwsError> {
         self.write(|| async {
-            self.request("CreateRoute")
+            let request = self
+                .request("CreateRoute")
                 .create_route()
                 .route_table_id(table_id)
-                .destination_cidr_block(DEFAULT_ROUTE)
-                .network_interface_id(interface_id)
-                .send()
-                .await
-                .map_err(classify("CreateRoute", table_id))?;
+                .network_interface_id(interface_id);
+            match destination {
+                Destination::Default => request.destination_cidr_block(destination.cidr()),
+                Destination::Nat64 => request.destination_ipv6_cidr_block(destination.cidr()),
+            }
+            .send()
+            .await
+            .map_err(classify("CreateRoute", table_id))?;
             Ok(())
         })
         .await
     }
 
-    async fn replace_default_route(
+    async fn replace_route(
         &self,
         table_id: &str,
+        destination: Destination,
         interface_id: &str,
     ) -> Result<(), AwsError> {
         self.write(|| async {
-            self.request("ReplaceRoute")
+            let request = self
+                .request("ReplaceRoute")
                 .replace_route()
                 .route_table_id(table_id)
-                .destination_cidr_block(DEFAULT_ROUTE)
-                .network_interface_id(interface_id)
-                .send()
-                .await
-                .map_err(classify("ReplaceRoute", table_id))?;
+                .network_interface_id(interface_id);
+            match destination {
+                Destination::Default => request.destination_cidr_block(destination.cidr()),
+                Destination::Nat64 => request.destination_ipv6_cidr_block(destination.cidr()),
+            }
+            .send()
+            .await
+            .map_err(classify("ReplaceRoute", table_id))?;
             Ok(())
         })
         .await
