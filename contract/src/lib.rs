@@ -44,6 +44,10 @@ pub mod tags {
     /// interface. The AZ's address on the primary private address has no
     /// slot tag.
     pub const SLOT: &str = "natron:slot";
+    /// On a route table: it serves NAT64 (`natron apply --nat64`), so the
+    /// NAT its default route names gives it a `64:ff9b::/96` route too.
+    /// Any value but `false` means yes.
+    pub const NAT64: &str = "natron:nat64";
 
     /// A value for [`SOURCE_PORTS`]: `<unix ms> <what>`, within EC2's 256
     /// characters.

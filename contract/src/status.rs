@@ -327,6 +327,10 @@ pub struct RouteTable {
     /// follows the default route wherever that goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat64_route: Option<RouteTarget>,
+    /// Tagged `natron:nat64`: the table serves NAT64, so it gets a NAT64
+    /// route when it has none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nat64: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,7 +55,7 @@ fn nat64_follows(s: &TwoAzs, table_az: usize, nat_az: usize) {
     let table = &s.lab.private_tables[table_az];
     let want = s.lab.nats[nat_az].interface_id.clone();
     s.lab
-        .wait_for("the NAT64 route to follow", Duration::from_secs(2), || {
+        .wait_for("the NAT64 route to follow", Duration::from_secs(5), || {
             (s.lab.nat64_target(table).ok().flatten().as_deref() == Some(want.as_str()))
                 .then_some(())
         })
@@ -75,8 +75,13 @@ fn dead_nat_is_replaced_by_the_other_az() {
     assert_eq!(
         s.lab.nat64_target(&s.lab.private_tables[1]).unwrap(),
         None,
-        "a table without a NAT64 route gets none"
+        "a table that does not serve NAT64 gets no NAT64 route"
     );
+    // AZ b's table starts serving NAT64: its NAT makes the route.
+    s.lab
+        .serve_nat64(&s.lab.private_tables[1])
+        .unwrap_or_else(|e| panic!("{e}"));
+    nat64_follows(&s, 1, 1);
     let outage = s
         .served_via(0, 1, t0, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -101,6 +101,7 @@ mod tests {
             az: Some(az.into()),
             default_route: Some(RouteTarget::interface(&format!("eni-{owner}"))),
             nat64_route: None,
+            nat64: false,
         }
     }
 

@@ -25,6 +25,26 @@ impl Lab {
         })
     }
 
+    /// Tags `table` `natron:nat64=true`: it serves NAT64, so the NAT its
+    /// default route names gives it a NAT64 route.
+    pub fn serve_nat64(&self, table: &str) -> Result<(), LabError> {
+        let table = table.to_string();
+        self.ec2(|ec2| async move {
+            ec2.create_tags()
+                .resources(&table)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(natron_contract::tags::NAT64)
+                        .value("true")
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(emu("CreateTags natron:nat64"))?;
+            Ok(())
+        })
+    }
+
     /// The interface `table`'s NAT64 route points at, as EC2 says (None:
     /// no such route, or not through an interface).
     pub fn nat64_target(&self, table: &str) -> Result<Option<String>, LabError> {

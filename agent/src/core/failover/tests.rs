@@ -17,6 +17,7 @@ fn table(id: &str, az: &str, owner: Option<&str>) -> RouteTable {
             ..Default::default()
         }),
         nat64_route: None,
+        nat64: false,
     }
 }
 

@@ -20,6 +20,8 @@ pub struct FakeEc2 {
     pub tables: Mutex<BTreeMap<String, Option<RouteTarget>>>,
     /// NAT64 routes by table id (only tables that have one).
     pub nat64: Mutex<BTreeMap<String, RouteTarget>>,
+    /// Tables tagged `natron:nat64`.
+    pub nat64_tagged: Mutex<std::collections::BTreeSet<String>>,
     pub instances: Mutex<Vec<GroupInstance>>,
     /// `natron:az` tag per table id.
     pub table_az: Mutex<BTreeMap<String, String>>,
@@ -110,6 +112,7 @@ impl Ec2 for FakeEc2 {
                 az: self.table_az.lock().unwrap().get(id).cloned(),
                 default_route: t.clone(),
                 nat64_route: self.nat64.lock().unwrap().get(id).cloned(),
+                nat64: self.nat64_tagged.lock().unwrap().contains(id),
             })
             .collect())
     }
@@ -120,6 +123,7 @@ impl Ec2 for FakeEc2 {
             az: self.table_az.lock().unwrap().get(table_id).cloned(),
             default_route: self.tables.lock().unwrap().get(table_id).cloned().flatten(),
             nat64_route: self.nat64.lock().unwrap().get(table_id).cloned(),
+            nat64: self.nat64_tagged.lock().unwrap().contains(table_id),
         })
     }
     async fn group_instances(

@@ -11,7 +11,7 @@ use natron_contract::tags;
 use tracing::{info, warn};
 
 use super::{Coordinator, LoopState};
-use crate::core::failover::nat64::Follow;
+use crate::core::failover::nat64::{self, Follow, Need};
 use crate::core::failover::Move;
 use crate::edge::ec2::AwsError;
 use crate::model::instance::GroupInstance;
@@ -124,26 +124,35 @@ impl Coordinator {
         // the table was verified and its default route just written. A
         // failure here is only logged: the default route has moved, and
         // `follow` repairs the NAT64 route on this pass or the next.
-        if let Some(nat64) = &current.nat64_route {
-            let to = [mv.to_interface.clone()];
-            if !nat64.names(&mv.to_instance, &to) {
-                let moved = self
-                    .ec2
-                    .replace_route(&mv.table, Destination::Nat64, &mv.to_interface)
-                    .await;
-                match moved {
-                    Ok(()) => info!(
-                        table = %mv.table, from = %nat64.describe(), to = %mv.to_interface,
-                        "route {NAT64_ROUTE} moved with the default route"
-                    ),
-                    Err(e) => warn!(
-                        table = %mv.table, error = %e,
-                        "route {NAT64_ROUTE} not moved with the default route; retried on the next pass"
-                    ),
-                }
+        let to = [mv.to_interface.clone()];
+        if let Some(need) = nat64::needs(&current, &mv.to_instance, &to) {
+            match self.write_nat64(&mv.table, need, &mv.to_interface).await {
+                Ok(()) => info!(
+                    table = %mv.table, ?need, to = %mv.to_interface,
+                    "route {NAT64_ROUTE} moved with the default route"
+                ),
+                Err(e) => warn!(
+                    table = %mv.table, ?need, error = %e,
+                    "route {NAT64_ROUTE} not moved with the default route; retried on the next pass"
+                ),
             }
         }
         Ok(true)
+    }
+
+    async fn write_nat64(&self, table: &str, need: Need, interface: &str) -> Result<(), AwsError> {
+        match need {
+            Need::Create => {
+                self.ec2
+                    .create_route(table, Destination::Nat64, interface)
+                    .await
+            }
+            Need::Replace => {
+                self.ec2
+                    .replace_route(table, Destination::Nat64, interface)
+                    .await
+            }
+        }
     }
 
     /// Brings one NAT64 route in line with its table's default route
@@ -156,18 +165,18 @@ impl Coordinator {
             .default_route
             .as_ref()
             .is_some_and(|d| d.names(&me.instance_id, &me.interface_ids));
-        let unchanged = current
-            .nat64_route
-            .as_ref()
-            .is_some_and(|n| n.same_target(&f.expect));
-        if !(still_mine && unchanged) {
+        let unchanged = match (&current.nat64_route, &f.expect) {
+            (None, None) => true,
+            (Some(now), Some(then)) => now.same_target(then),
+            _ => false,
+        };
+        let need = nat64::needs(&current, &me.instance_id, &me.interface_ids);
+        let (true, true, Some(need)) = (still_mine, unchanged, need) else {
             return Ok(false);
-        }
-        self.ec2
-            .replace_route(&f.table, Destination::Nat64, &f.to_interface)
-            .await?;
+        };
+        self.write_nat64(&f.table, need, &f.to_interface).await?;
         info!(
-            table = %f.table, from = %f.expect.describe(), to = %f.to_interface,
+            table = %f.table, ?need, to = %f.to_interface,
             "route {NAT64_ROUTE} brought in line with the table's default route"
         );
         Ok(true)

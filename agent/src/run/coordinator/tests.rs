@@ -265,6 +265,23 @@ fn writes(ec2: &FakeEc2) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_claim_of_a_table_serving_nat64_makes_both_routes() {
+    let ec2 = fake_with_table_a(instance("i-a", "az-a"));
+    ec2.nat64_tagged.lock().unwrap().insert("rtb-a".into());
+    let shared = Arc::new(Shared::new());
+    let c = coordinator(ec2.clone(), shared.clone());
+    ready(&shared);
+    assert_eq!(c.pass(false).await.unwrap(), 1);
+    assert_eq!(
+        writes(&ec2),
+        [
+            "CreateRoute rtb-a eni-i-a",
+            "CreateRoute rtb-a 64:ff9b::/96 eni-i-a"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_claim_moves_the_tables_nat64_route_with_its_default_route() {
     let ec2 = fake_with_table_a(instance("i-a", "az-a"));
     ec2.nat64
@@ -300,9 +317,11 @@ async fn a_claim_moves_the_tables_nat64_route_with_its_default_route() {
 async fn a_nat64_route_left_elsewhere_is_brought_in_line_and_none_is_made() {
     // rtb-a is already this NAT's, its NAT64 route still at another NAT
     // (an agent that stopped between the two writes); rtb-b is this NAT's
-    // too and has no NAT64 route.
+    // too and has no NAT64 route; rtb-c is this NAT's, serves NAT64 and
+    // has no NAT64 route yet (tagged after it was claimed).
     let ec2 = fake_with_table_a(instance("i-a", "az-a"));
-    for t in ["rtb-a", "rtb-b"] {
+    ec2.nat64_tagged.lock().unwrap().insert("rtb-c".into());
+    for t in ["rtb-a", "rtb-b", "rtb-c"] {
         ec2.tables
             .lock()
             .unwrap()
@@ -316,10 +335,16 @@ async fn a_nat64_route_left_elsewhere_is_brought_in_line_and_none_is_made() {
     let c = coordinator(ec2.clone(), shared.clone());
     ready(&shared);
     assert_eq!(c.pass(false).await.unwrap(), 0, "no default route moved");
-    assert_eq!(writes(&ec2), ["ReplaceRoute rtb-a 64:ff9b::/96 eni-i-a"]);
+    assert_eq!(
+        writes(&ec2),
+        [
+            "ReplaceRoute rtb-a 64:ff9b::/96 eni-i-a",
+            "CreateRoute rtb-c 64:ff9b::/96 eni-i-a"
+        ]
+    );
     assert!(!ec2.nat64.lock().unwrap().contains_key("rtb-b"));
     c.pass(false).await.unwrap();
-    assert_eq!(writes(&ec2).len(), 1, "once in line, left alone");
+    assert_eq!(writes(&ec2).len(), 2, "once in line, left alone");
 }
 
 #[tokio::test]
@@ -338,7 +363,7 @@ async fn a_nat64_route_is_not_followed_once_its_table_moved_away() {
     let f = crate::core::failover::nat64::Follow {
         table: "rtb-a".into(),
         to_interface: "eni-i-a".into(),
-        expect: RouteTarget::interface("eni-i-c"),
+        expect: Some(RouteTarget::interface("eni-i-c")),
     };
     let me = instance("i-a", "az-a");
     assert!(!c.follow(&f, &me).await.unwrap());

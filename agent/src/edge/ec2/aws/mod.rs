@@ -63,6 +63,10 @@ fn parse_route_table(rt: &aws_sdk_ec2::types::RouteTable) -> RouteTable {
             .find(|t| t.key() == Some(tags::AZ))
             .and_then(|t| t.value())
             .map(str::to_string),
+        nat64: rt
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some(tags::NAT64) && t.value() != Some("false")),
         default_route: routes
             .iter()
             .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
