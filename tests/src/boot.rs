@@ -107,6 +107,15 @@ pub fn run(
         log.contains("Initializing machine ID from random generator"),
         "machine-id made on first boot (none baked in)".into(),
     );
+    // Built for this kernel at image build and loaded at boot (it
+    // translates nothing until an instance is made: issue 16).
+    let jool = log
+        .lines()
+        .find(|l| l.contains("NAT64 Jool v") && l.contains("module inserted"));
+    expect(
+        jool.is_some(),
+        format!("NAT64's translator loaded by the image's kernel: {jool:?}"),
+    );
     let grown = grown_blocks(&log);
     expect(
         grown.is_some_and(|(from, to)| to > from),
