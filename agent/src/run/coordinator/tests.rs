@@ -254,6 +254,22 @@ async fn while_every_call_is_throttled_the_coordinator_asks_less_than_in_steady_
     assert!(shared.read(|s| s.ec2.backoff_ms).is_some());
 }
 
+/// A coordinator of NAT i-a over `ec2`, ready.
+fn ready_coordinator(ec2: &Arc<FakeEc2>) -> (Coordinator, Arc<Shared>) {
+    let shared = Arc::new(Shared::new());
+    let c = coordinator(ec2.clone(), shared.clone());
+    ready(&shared);
+    (c, shared)
+}
+
+/// `table`'s NAT64 route through `eni`.
+fn nat64_at(ec2: &FakeEc2, table: &str, eni: &str) {
+    ec2.nat64
+        .lock()
+        .unwrap()
+        .insert(table.into(), RouteTarget::interface(eni));
+}
+
 fn writes(ec2: &FakeEc2) -> Vec<String> {
     ec2.calls
         .lock()
@@ -268,9 +284,7 @@ fn writes(ec2: &FakeEc2) -> Vec<String> {
 async fn a_claim_of_a_table_serving_nat64_makes_both_routes() {
     let ec2 = fake_with_table_a(instance("i-a", "az-a"));
     ec2.nat64_tagged.lock().unwrap().insert("rtb-a".into());
-    let shared = Arc::new(Shared::new());
-    let c = coordinator(ec2.clone(), shared.clone());
-    ready(&shared);
+    let (c, _) = ready_coordinator(&ec2);
     assert_eq!(c.pass(false).await.unwrap(), 1);
     assert_eq!(
         writes(&ec2),
@@ -284,13 +298,8 @@ async fn a_claim_of_a_table_serving_nat64_makes_both_routes() {
 #[tokio::test]
 async fn a_claim_moves_the_tables_nat64_route_with_its_default_route() {
     let ec2 = fake_with_table_a(instance("i-a", "az-a"));
-    ec2.nat64
-        .lock()
-        .unwrap()
-        .insert("rtb-a".into(), RouteTarget::interface("eni-gone"));
-    let shared = Arc::new(Shared::new());
-    let c = coordinator(ec2.clone(), shared.clone());
-    ready(&shared);
+    nat64_at(&ec2, "rtb-a", "eni-gone");
+    let (c, shared) = ready_coordinator(&ec2);
     assert_eq!(c.pass(false).await.unwrap(), 1);
     assert_eq!(
         writes(&ec2),
@@ -327,13 +336,8 @@ async fn a_nat64_route_left_elsewhere_is_brought_in_line_and_none_is_made() {
             .unwrap()
             .insert(t.into(), Some(RouteTarget::interface("eni-i-a")));
     }
-    ec2.nat64
-        .lock()
-        .unwrap()
-        .insert("rtb-a".into(), RouteTarget::interface("eni-i-b"));
-    let shared = Arc::new(Shared::new());
-    let c = coordinator(ec2.clone(), shared.clone());
-    ready(&shared);
+    nat64_at(&ec2, "rtb-a", "eni-i-b");
+    let (c, _) = ready_coordinator(&ec2);
     assert_eq!(c.pass(false).await.unwrap(), 0, "no default route moved");
     assert_eq!(
         writes(&ec2),
@@ -356,10 +360,7 @@ async fn a_nat64_route_is_not_followed_once_its_table_moved_away() {
         .lock()
         .unwrap()
         .insert("rtb-a".into(), Some(RouteTarget::interface("eni-i-b")));
-    ec2.nat64
-        .lock()
-        .unwrap()
-        .insert("rtb-a".into(), RouteTarget::interface("eni-i-c"));
+    nat64_at(&ec2, "rtb-a", "eni-i-c");
     let f = crate::core::failover::nat64::Follow {
         table: "rtb-a".into(),
         to_interface: "eni-i-a".into(),
@@ -374,10 +375,7 @@ async fn a_nat64_route_is_not_followed_once_its_table_moved_away() {
         .lock()
         .unwrap()
         .insert("rtb-a".into(), Some(RouteTarget::interface("eni-i-a")));
-    ec2.nat64
-        .lock()
-        .unwrap()
-        .insert("rtb-a".into(), RouteTarget::interface("eni-i-d"));
+    nat64_at(&ec2, "rtb-a", "eni-i-d");
     assert!(!c.follow(&f, &me).await.unwrap());
     assert!(writes(&ec2).is_empty());
 }
