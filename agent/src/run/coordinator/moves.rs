@@ -15,10 +15,20 @@ use crate::core::failover::nat64::{self, Follow, Need};
 use crate::core::failover::Move;
 use crate::edge::ec2::AwsError;
 use crate::model::instance::GroupInstance;
-use crate::model::{Destination, NAT64_ROUTE};
+use crate::model::{Destination, RouteTarget, NAT64_ROUTE};
 use crate::run::unix_ms;
 
 const EVENTS_KEPT: usize = 20;
+
+/// The verify of read-verify-write: a route read again is what the
+/// decision saw (both absent, or the same target whatever its state).
+fn unchanged(now: &Option<RouteTarget>, then: &Option<RouteTarget>) -> bool {
+    match (now, then) {
+        (None, None) => true,
+        (Some(now), Some(then)) => now.same_target(then),
+        _ => false,
+    }
+}
 
 impl Coordinator {
     /// Hands every table this agent serves to a ready NAT, then returns
@@ -71,12 +81,7 @@ impl Coordinator {
     /// decision saw it point. Returns whether it moved.
     pub(super) async fn execute(&self, mv: &Move) -> Result<bool, AwsError> {
         let current = self.ec2.route_table(&mv.table).await?;
-        let unchanged = match (&current.default_route, &mv.expect) {
-            (None, None) => true,
-            (Some(now), Some(then)) => now.same_target(then),
-            _ => false,
-        };
-        if !unchanged {
+        if !unchanged(&current.default_route, &mv.expect) {
             info!(table = %mv.table, kind = ?mv.kind, "table changed since the decision; not moving it");
             return Ok(false);
         }
@@ -165,11 +170,7 @@ impl Coordinator {
             .default_route
             .as_ref()
             .is_some_and(|d| d.names(&me.instance_id, &me.interface_ids));
-        let unchanged = match (&current.nat64_route, &f.expect) {
-            (None, None) => true,
-            (Some(now), Some(then)) => now.same_target(then),
-            _ => false,
-        };
+        let unchanged = unchanged(&current.nat64_route, &f.expect);
         let need = nat64::needs(&current, &me.instance_id, &me.interface_ids);
         let (true, true, Some(need)) = (still_mine, unchanged, need) else {
             return Ok(false);
