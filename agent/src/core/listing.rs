@@ -76,23 +76,26 @@ pub fn parse_listing(out: &str) -> Result<Vec<Value>, ListingError> {
 /// of the ruleset costs one nft run where a listing per table costs one
 /// each, and the agent lists every pass.
 pub fn owned_objects(objects: &[Value], table: &str, families: &[&str]) -> Option<Vec<Value>> {
-    let owned = |o: &&Value| {
-        let Some((kind, inner)) = o.as_object().and_then(|m| m.iter().next()) else {
-            return false;
-        };
-        let name_key = if kind == "table" { "name" } else { "table" };
-        let family = inner.get("family").and_then(Value::as_str);
-        inner.get(name_key).and_then(Value::as_str) == Some(table)
-            && family.is_some_and(|f| families.contains(&f))
-    };
-    let first = families.first()?;
-    let present = objects.iter().any(|o| {
-        o.get("table").is_some_and(|t| {
-            t.get("name").and_then(Value::as_str) == Some(table)
-                && t.get("family").and_then(Value::as_str) == Some(first)
+    fn family(inner: &Value) -> Option<&str> {
+        inner.get("family").and_then(Value::as_str)
+    }
+    let owned: Vec<Value> = objects
+        .iter()
+        .filter(|o| {
+            let Some((kind, inner)) = o.as_object().and_then(|m| m.iter().next()) else {
+                return false;
+            };
+            let name_key = if kind == "table" { "name" } else { "table" };
+            inner.get(name_key).and_then(Value::as_str) == Some(table)
+                && family(inner).is_some_and(|f| families.contains(&f))
         })
-    });
-    present.then(|| objects.iter().filter(owned).cloned().collect())
+        .cloned()
+        .collect();
+    let first = families.first().copied();
+    let present = owned
+        .iter()
+        .any(|o| o.get("table").is_some_and(|t| family(t) == first));
+    present.then_some(owned)
 }
 
 /// The comparable form of a table's objects: handles dropped and counter

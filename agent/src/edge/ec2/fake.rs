@@ -40,9 +40,7 @@ impl FakeEc2 {
             None => Ok(()),
         }
     }
-}
 
-impl FakeEc2 {
     /// Records `<action> <table> <eni>` for the default route, `<action>
     /// <table> 64:ff9b::/96 <eni>` for the NAT64 one, and writes it.
     fn write_route(
