@@ -492,7 +492,12 @@ impl Lab {
     }
 
     fn tag_nat(&self, az: usize, key: &'static str, value: &'static str) -> Result<(), LabError> {
-        let id = self.nats[az].instance_id.clone();
+        self.tag(&self.nats[az].instance_id, key, value)
+    }
+
+    /// Tags the emulator's resource `id` (an instance, a route table...).
+    fn tag(&self, id: &str, key: &'static str, value: &'static str) -> Result<(), LabError> {
+        let id = id.to_string();
         self.ec2(|c| async move {
             c.create_tags()
                 .resources(&id)

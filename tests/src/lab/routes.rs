@@ -2,11 +2,11 @@
 //! set and read it. The lab's router forwards IPv4 only and ignores it; the
 //! tests check where EC2 says it points.
 
+use natron_agent::model::NAT64_ROUTE as NAT64;
+
 use super::provision::emu;
 use super::Lab;
 use crate::LabError;
-
-const NAT64: &str = "64:ff9b::/96";
 
 impl Lab {
     /// Adds `table`'s NAT64 route through `interface`, as `natron apply
@@ -28,21 +28,7 @@ impl Lab {
     /// Tags `table` `natron:nat64=true`: it serves NAT64, so the NAT its
     /// default route names gives it a NAT64 route.
     pub fn serve_nat64(&self, table: &str) -> Result<(), LabError> {
-        let table = table.to_string();
-        self.ec2(|ec2| async move {
-            ec2.create_tags()
-                .resources(&table)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key(natron_contract::tags::NAT64)
-                        .value("true")
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(emu("CreateTags natron:nat64"))?;
-            Ok(())
-        })
+        self.tag(table, natron_contract::tags::NAT64, "true")
     }
 
     /// The interface `table`'s NAT64 route points at, as EC2 says (None:
