@@ -154,7 +154,7 @@ async fn run(settings: Settings, cli: Cli) -> anyhow::Result<ExitCode> {
         after: Duration::from_secs(cli.test_panic_after_secs),
     });
     let agent = Agent {
-        edges: Edges::real(&settings, &shared),
+        edges: Edges::real(&settings, &shared, &cli.state_dir),
         settings,
         options: Options {
             skip_source_dest_check: cli.test_skip_source_dest_check,

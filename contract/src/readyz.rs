@@ -43,6 +43,8 @@ pub enum Area {
     /// The conntrack event watcher counting idle timeouts (with
     /// CloudWatch on) ended (a warning, never a readiness problem).
     ConntrackEvents,
+    /// NAT64's translator (Jool), with `nat64.enabled`.
+    Nat64,
     /// A switch only tests set.
     Test,
 }
@@ -67,6 +69,7 @@ impl Area {
             Area::AddressPool => "address_pool",
             Area::CloudWatch => "cloudwatch",
             Area::ConntrackEvents => "conntrack_events",
+            Area::Nat64 => "nat64",
             Area::Test => "test",
         }
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::ec2::{InstanceState, RouteTarget};
@@ -73,6 +73,9 @@ pub struct Identity {
     pub local_ipv4: Ipv4Addr,
     pub public_ipv4: Option<Ipv4Addr>,
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// The VPC's IPv6 CIDR blocks (none when the VPC has no IPv6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vpc_ipv6_cidrs: Vec<Ipv6Net>,
     /// The instance's `natron:group` tag, when instance tags are in IMDS.
     pub group_tag: Option<String>,
 }
@@ -113,6 +116,27 @@ pub struct DataPlane {
     /// (`nat.addresses` > 1); None with one address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address_pool: Option<AddressPool>,
+    /// NAT64 (`nat64.enabled`); None when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat64: Option<Nat64>,
+}
+
+/// NAT64: natron's Jool instance and who may use it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nat64 {
+    /// The instance is as natron wants it (read back after writing).
+    pub in_place: bool,
+    /// The prefix translated to IPv4 (`64:ff9b::/96`).
+    pub prefix: String,
+    /// The IPv4 addresses and ports translated to.
+    pub addresses: Vec<Ipv4Addr>,
+    pub port_range: (u16, u16),
+    /// The IPv6 networks that may use it.
+    pub sources: Vec<Ipv6Net>,
+    /// Times the instance was found differing from natron's and replaced.
+    pub repairs: u64,
+    /// Sessions in Jool's table (TCP, UDP and ICMP), as last counted.
+    pub sessions: u64,
 }
 
 /// A NAT's address pool: its primary private address (with the AZ's

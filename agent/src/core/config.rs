@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PATH: &str = "/etc/natron/agent.toml";
@@ -27,6 +27,33 @@ pub struct Config {
     pub ec2: Ec2Config,
     pub failover: FailoverConfig,
     pub metrics: MetricsConfig,
+    pub nat64: Nat64Config,
+}
+
+/// NAT64 (RFC 6146) for IPv6-only clients: `64:ff9b::/96` translated to
+/// the NAT's IPv4 address(es) by Jool. Off by default (`natron apply
+/// --nat64` turns it on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nat64Config {
+    pub enabled: bool,
+    /// Source ports (and ICMP identifiers) NAT64 translates to, "LOW-HIGH".
+    /// Jool keeps no conntrack entries, so masquerade must never pick one
+    /// of these: they are taken out of `nat.port_range`.
+    pub port_range: String,
+    /// IPv6 networks allowed to use NAT64. None: the VPC's IPv6 CIDR
+    /// blocks (IMDS).
+    pub source_cidrs: Option<Vec<Ipv6Net>>,
+}
+
+impl Default for Nat64Config {
+    fn default() -> Self {
+        Nat64Config {
+            enabled: false,
+            port_range: "61001-65535".into(),
+            source_cidrs: None,
+        }
+    }
 }
 
 /// Where metrics go besides `/metrics`.

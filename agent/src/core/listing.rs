@@ -286,7 +286,7 @@ mod tests {
         let rendered = serde_json::to_value(desired()).unwrap();
         let listed: Vec<Value> = serde_json::from_str(&json)
             .map(|v: Value| {
-                v["nftables"].as_array().unwrap()[4..]
+                v["nftables"].as_array().unwrap()[6..]
                     .iter()
                     .map(|cmd| cmd["add"].clone())
                     .collect()

@@ -8,6 +8,7 @@ pub mod cloudwatch;
 pub mod config;
 pub mod failover;
 pub mod health;
+pub mod jool;
 pub mod kernel;
 pub mod listing;
 pub mod peer;

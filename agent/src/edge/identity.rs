@@ -7,7 +7,6 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::imds::{Metadata, MetadataError};
-use ipnet::Ipv4Net;
 pub use natron_contract::status::Identity;
 
 /// The IMDS paths natron reads, relative to `/latest/`.
@@ -47,6 +46,7 @@ pub async fn read_identity(md: &dyn Metadata) -> Result<Identity, MetadataError>
             "vpc-id",
             "subnet-id",
             "vpc-ipv4-cidr-blocks",
+            "vpc-ipv6-cidr-blocks",
         ] {
             let path = mac_path(mac.trim(), leaf);
             if let Some(v) = md.get(&path).await? {
@@ -84,6 +84,24 @@ pub async fn read_identity_with_retries(
     }
 }
 
+/// The CIDR blocks at `path`, one a line, each an `family` block.
+fn cidr_blocks<N: std::str::FromStr>(
+    path: &str,
+    text: &str,
+    family: &str,
+) -> Result<Vec<N>, MetadataError> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.parse::<N>().map_err(|_| MetadataError::Invalid {
+                path: format!("/latest/{path}"),
+                message: format!("{l:?} is not an {family} CIDR block"),
+            })
+        })
+        .collect()
+}
+
 /// Builds an identity from metadata values keyed by path. Pure.
 pub fn parse(raw: &BTreeMap<String, String>) -> Result<Identity, MetadataError> {
     let get = |path: &str| -> Result<String, MetadataError> {
@@ -103,17 +121,11 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Result<Identity, MetadataError> 
     };
     let mac = get(MAC)?;
     let cidr_path = mac_path(&mac, "vpc-ipv4-cidr-blocks");
-    let vpc_cidrs = get(&cidr_path)?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.parse::<Ipv4Net>().map_err(|_| MetadataError::Invalid {
-                path: format!("/latest/{cidr_path}"),
-                message: format!("{l:?} is not an IPv4 CIDR block"),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let vpc_cidrs = cidr_blocks(&cidr_path, &get(&cidr_path)?, "IPv4")?;
+    // Optional: a VPC without IPv6 has no such key.
+    let v6_path = mac_path(&mac, "vpc-ipv6-cidr-blocks");
+    let v6_text = raw.get(&v6_path).map(String::as_str).unwrap_or_default();
+    let vpc_ipv6_cidrs = cidr_blocks(&v6_path, v6_text, "IPv6")?;
     let local = get(LOCAL_IPV4)?;
     let public_ipv4 = match raw
         .get(PUBLIC_IPV4)
@@ -141,6 +153,7 @@ pub fn parse(raw: &BTreeMap<String, String>) -> Result<Identity, MetadataError> 
         local_ipv4: ip(LOCAL_IPV4, &local)?,
         public_ipv4,
         vpc_cidrs,
+        vpc_ipv6_cidrs,
         group_tag: raw
             .get(&group_tag_path())
             .map(|v| v.trim().to_string())
@@ -221,6 +234,27 @@ mod tests {
         assert_eq!(id.public_ipv4, Some("203.0.113.10".parse().unwrap()));
         assert_eq!(id.vpc_cidrs.len(), 2);
         assert_eq!(id.group_tag.as_deref(), Some("prod"));
+        assert!(id.vpc_ipv6_cidrs.is_empty(), "a VPC without IPv6");
+    }
+
+    #[tokio::test]
+    async fn the_vpcs_ipv6_blocks_are_read_and_checked() {
+        let mut md = FakeMetadata::typical();
+        let path = mac_path("0e:11:22:33:44:55", "vpc-ipv6-cidr-blocks");
+        md.values.insert(
+            path.clone(),
+            "2600:1f18:aa00::/56
+2600:1f18:bb00::/56"
+                .into(),
+        );
+        let id = read_identity(&md).await.unwrap();
+        assert_eq!(id.vpc_ipv6_cidrs.len(), 2);
+        md.values.insert(path, "10.0.0.0/16".into());
+        let err = read_identity(&md).await.unwrap_err().to_string();
+        assert!(
+            err.contains("vpc-ipv6-cidr-blocks") && err.contains("IPv6"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -11,27 +11,28 @@ use serde_json::Value;
 
 use super::exec;
 use crate::core::listing::{batch_json, owned_objects, parse_listing};
-use crate::core::ruleset::{wire, FAMILY, TABLE};
+use crate::core::ruleset::{FAMILY, TABLE};
 
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("nftables tables ip and netdev {TABLE}: {0}")]
+    #[error("nftables tables ip, netdev and ip6 {TABLE}: {0}")]
     Exec(#[from] exec::ExecError),
-    #[error("nftables tables ip and netdev {TABLE}: {0}")]
+    #[error("nftables tables ip, netdev and ip6 {TABLE}: {0}")]
     Listing(#[from] crate::core::listing::ListingError),
 }
 
 /// The kernel side: list natron's table, apply or check a batch.
 #[async_trait]
 pub trait Nft: Send + Sync {
-    /// The objects of `ip natron`, and with `wire` those of `netdev
-    /// natron` (when present), as `nft -j` lists them; None when `ip
-    /// natron` is absent. (Without the wire counters `netdev natron` is not
-    /// looked for, and the listing is of `ip natron` alone, the cheapest
-    /// nft run: a rewrite removes a stale `netdev natron`.)
-    async fn list_table(&self, wire: bool) -> Result<Option<Vec<Value>>, NftError>;
+    /// The objects of `ip natron`, and those of natron's tables of the
+    /// `also` families (`netdev`: the wire counters; `ip6`: NAT64) when
+    /// present, as `nft -j` lists them; None when `ip natron` is absent.
+    /// (A family not asked for is not looked for, and with none the
+    /// listing is of `ip natron` alone, the cheapest nft run: a rewrite
+    /// removes a stale table of another family.)
+    async fn list_table(&self, also: &[NfFamily]) -> Result<Option<Vec<Value>>, NftError>;
     /// Commits one batch atomically.
     async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError>;
     /// Asks the kernel to validate a batch without committing it.
@@ -86,15 +87,16 @@ impl NftCli {
 
 #[async_trait]
 impl Nft for NftCli {
-    async fn list_table(&self, wire: bool) -> Result<Option<Vec<Value>>, NftError> {
-        if !wire {
+    async fn list_table(&self, also: &[NfFamily]) -> Result<Option<Vec<Value>>, NftError> {
+        if also.is_empty() {
             return self.list(family_name(FAMILY)).await;
         }
-        // Both tables in one nft run (the ruleset, kept to natron's tables)
+        // Every table in one nft run (the ruleset, kept to natron's tables)
         // rather than one run each: a run costs about 3 ms of a core, and
         // this runs every pass.
         let out = exec::run(&self.program, &["-j", "list", "ruleset"], None, NFT_TIMEOUT).await?;
-        let families = [family_name(FAMILY), family_name(wire::FAMILY)];
+        let mut families = vec![family_name(FAMILY)];
+        families.extend(also.iter().map(|f| family_name(*f)));
         Ok(owned_objects(&parse_listing(&out)?, TABLE, &families))
     }
 
@@ -111,6 +113,7 @@ impl Nft for NftCli {
 fn family_name(family: NfFamily) -> &'static str {
     match family {
         NfFamily::NetDev => "netdev",
+        NfFamily::IP6 => "ip6",
         _ => "ip",
     }
 }
@@ -133,7 +136,7 @@ pub mod fake {
 
     #[async_trait]
     impl Nft for FakeNft {
-        async fn list_table(&self, _wire: bool) -> Result<Option<Vec<Value>>, NftError> {
+        async fn list_table(&self, _also: &[NfFamily]) -> Result<Option<Vec<Value>>, NftError> {
             Ok(self.table.lock().unwrap().clone())
         }
         async fn apply(&self, batch: &Nftables<'_>) -> Result<(), NftError> {
@@ -142,8 +145,8 @@ pub mod fake {
                 .as_array()
                 .unwrap()
                 .iter()
-                // The tables' add and delete.
-                .skip(4)
+                // The three tables' add and delete.
+                .skip(6)
                 .map(|c| c["add"].clone())
                 .collect();
             let mut adds = adds;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub nat_bytes: Counter,
     pub nat_connections: Counter,
     pub rule_packets: Family<Labels, Counter>,
+    /// NAT64 sessions in Jool's table, by protocol.
+    pub nat64_sessions: Family<Labels, Gauge>,
     pub rule_bytes: Family<Labels, Counter>,
     pub probe_up: Family<Labels, Gauge>,
     pub probe_latency: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -94,6 +96,7 @@ impl Metrics {
             nat_bytes: Counter::default(),
             nat_connections: Counter::default(),
             rule_packets: Family::default(),
+            nat64_sessions: Family::default(),
             rule_bytes: Family::default(),
             probe_up: Family::default(),
             probe_latency: Family::default(),
@@ -124,6 +127,11 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("ready", "1 when /readyz answers 200", m.ready.clone());
+        registry.register(
+            "nat64_sessions",
+            "NAT64 sessions in Jool's table (with nat64.enabled), by protocol",
+            m.nat64_sessions.clone(),
+        );
         registry.register(
             "conntrack_entries",
             "Connections tracked now",

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::Edges;
 use crate::core::kernel::{self, Setting};
+use crate::core::ruleset::nat64::Nat64Spec;
 use crate::core::ruleset::{self, RulesetSpec};
 use crate::core::settings::Settings;
 use crate::edge::identity::{read_identity_with_retries, Identity};
@@ -128,7 +129,17 @@ pub async fn try_boot(
         mss: settings.nat.mss,
         pool: Vec::new(),
         wire_counters,
+        nat64: settings.nat64.as_ref().map(|n| Nat64Spec {
+            sources: n
+                .source_cidrs
+                .clone()
+                .unwrap_or_else(|| identity.vpc_ipv6_cidrs.clone()),
+            port_range: n.port_range,
+        }),
     };
+    if spec.nat64.as_ref().is_some_and(|n| n.sources.is_empty()) {
+        warn!("NAT64 is on but the VPC has no IPv6 CIDR block and nat64.source_cidrs is not set: no IPv6 network may use it");
+    }
     let ct = &settings.conntrack;
     let conntrack_max = ct.max.unwrap_or_else(|| {
         kernel::conntrack_max_for_memory(

@@ -27,6 +27,7 @@ pub mod coordinator;
 pub mod dataplane;
 pub mod elastic_ip;
 pub mod idle_timeouts;
+pub mod nat64;
 pub mod peers;
 pub mod prober;
 pub mod projection;
@@ -44,6 +45,7 @@ use crate::edge::ec2::Ec2;
 use crate::edge::flows::{ConntrackCli, Flows};
 use crate::edge::identity::Identity;
 use crate::edge::imds::{Imds, Metadata};
+use crate::edge::jool::{Jool, JoolCli};
 use crate::edge::nft::{Nft, NftCli};
 use crate::edge::sysctl::{ProcSys, Sysctl};
 use crate::edge::{lifecycle, memo};
@@ -76,6 +78,8 @@ pub struct Edges {
     pub nft: Arc<dyn Nft>,
     pub sysctl: Arc<dyn Sysctl>,
     pub flows: Arc<dyn Flows>,
+    /// NAT64's translator (used only with `nat64.enabled`).
+    pub jool: Arc<dyn Jool>,
     pub ec2: Ec2Factory,
     /// CloudWatch in the instance's region (made only with
     /// `metrics.cloudwatch` on).
@@ -85,7 +89,7 @@ pub struct Edges {
 impl Edges {
     /// The real ones: IMDS, `nft`, /proc/sys and EC2 in the instance's
     /// region, counting every EC2 request into `shared`'s metrics.
-    pub fn real(settings: &Settings, shared: &Shared) -> Edges {
+    pub fn real(settings: &Settings, shared: &Shared, state_dir: &std::path::Path) -> Edges {
         let m = &shared.metrics;
         let counters = Counters {
             requests: m.ec2_requests.clone(),
@@ -99,6 +103,10 @@ impl Edges {
             nft: Arc::new(NftCli::default()),
             sysctl: Arc::new(ProcSys::default()),
             flows: Arc::new(ConntrackCli),
+            jool: Arc::new(JoolCli {
+                program: "jool".into(),
+                dir: state_dir.to_path_buf(),
+            }),
             ec2: Box::new(move |identity| {
                 let (region, endpoint, counters) =
                     (identity.region.clone(), endpoint.clone(), counters.clone());
@@ -339,6 +347,7 @@ pub(crate) mod tests {
     use crate::edge::ec2::fake::FakeEc2;
     use crate::edge::flows::fake::FakeFlows;
     use crate::edge::identity::fake::FakeMetadata;
+    use crate::edge::jool::fake::FakeJool;
     use crate::edge::nft::fake::FakeNft;
     use crate::edge::sysctl::fake::FakeSysctl;
 
@@ -346,6 +355,7 @@ pub(crate) mod tests {
         pub nft: Arc<FakeNft>,
         pub sysctl: Arc<FakeSysctl>,
         pub flows: Arc<FakeFlows>,
+        pub jool: Arc<FakeJool>,
     }
 
     impl Fakes {
@@ -372,11 +382,13 @@ pub(crate) mod tests {
             }
         }
         let flows = Arc::new(FakeFlows::default());
+        let jool = Arc::new(FakeJool::default());
         let edges = Edges {
             metadata: Arc::new(metadata),
             nft: nft.clone(),
             sysctl: sysctl.clone(),
             flows: flows.clone(),
+            jool: jool.clone(),
             ec2: Box::new(|_| Box::pin(async { Arc::new(FakeEc2::default()) as Arc<dyn Ec2> })),
             cloudwatch: Box::new(|_| {
                 Box::pin(async {
@@ -385,7 +397,15 @@ pub(crate) mod tests {
                 })
             }),
         };
-        (edges, Fakes { nft, sysctl, flows })
+        (
+            edges,
+            Fakes {
+                nft,
+                sysctl,
+                flows,
+                jool,
+            },
+        )
     }
 
     /// What boot resolves for `FakeMetadata::typical()`.
@@ -404,6 +424,7 @@ pub(crate) mod tests {
                 mss: Some(1460),
                 pool: Vec::new(),
                 wire_counters: false,
+                nat64: None,
             },
             sysctls: kernel::desired_settings("ens5", 131072, 7440),
             addresses: 1,

@@ -31,6 +31,8 @@ pub struct Reconciler {
     /// After our last write: where the kernel's listing first differs from
     /// the render (None: it lists the table exactly as rendered).
     pub canonical_mismatch: Option<String>,
+    /// Every family of natron's tables has been listed once.
+    swept: bool,
 }
 
 impl Reconciler {
@@ -46,14 +48,23 @@ impl Reconciler {
                 .cloned()
                 .unwrap_or_default(),
         );
-        // `netdev natron` is listed only when wanted: a rewrite (which any
-        // change of the wire counters' setting brings, since `ip natron`
-        // changes with it) removes it otherwise.
-        let wire = desired.iter().any(|o| match o {
-            NfListObject::Table(t) => t.family == crate::core::ruleset::wire::FAMILY,
-            _ => false,
-        });
-        let live = nft.list_table(wire).await?;
+        // `netdev natron` and `ip6 natron` are listed only when wanted,
+        // except on the first pass: a table a previous configuration left
+        // (the settings change only across restarts) is then seen, and the
+        // rewrite that follows removes it.
+        let also: Vec<_> = if self.swept {
+            desired
+                .iter()
+                .filter_map(|o| match o {
+                    NfListObject::Table(t) if t.family != ruleset::FAMILY => Some(t.family),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            self.swept = true;
+            vec![ruleset::wire::FAMILY, ruleset::nat64::FAMILY]
+        };
+        let live = nft.list_table(&also).await?;
         let reason = match &live {
             None => "table absent",
             Some(objects) => {
@@ -68,7 +79,7 @@ impl Reconciler {
             }
         };
         nft.apply(&ruleset::apply_batch(desired)).await?;
-        let after = nft.list_table(wire).await?.unwrap_or_default();
+        let after = nft.list_table(&also).await?.unwrap_or_default();
         let have = normalize(&after);
         self.canonical_mismatch = first_difference(&want, &have);
         self.counters = rule_counters(&after);

@@ -7,12 +7,15 @@ use nftables::expr::{
     BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload,
     PayloadField, Prefix, TcpOption, CT,
 };
-use nftables::schema::{Chain, NfListObject, Rule};
+use nftables::schema::{
+    Chain, NfCmd, NfListObject, NfObject, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+};
 use nftables::stmt::{AnonymousCounter, Counter, JumpTarget, Mangle, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::{FAMILY, TABLE};
 
+/// A base chain of `ip natron`.
 pub(super) fn base_chain(
     name: &str,
     kind: NfChainType,
@@ -20,8 +23,20 @@ pub(super) fn base_chain(
     prio: i32,
     policy: NfChainPolicy,
 ) -> NfListObject<'static> {
+    base_chain_in(FAMILY, name, kind, hook, prio, policy)
+}
+
+/// A base chain of natron's table of `family`.
+pub(super) fn base_chain_in(
+    family: NfFamily,
+    name: &str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+    policy: NfChainPolicy,
+) -> NfListObject<'static> {
     NfListObject::Chain(Chain {
-        family: FAMILY,
+        family,
         table: TABLE.into(),
         name: name.to_string().into(),
         newname: None,
@@ -80,6 +95,56 @@ pub(super) fn rule_of(
         index: None,
         comment: Some(name.to_string().into()),
     })
+}
+
+/// natron's table of `family`.
+pub(super) fn table_of(family: NfFamily) -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family,
+        name: TABLE.into(),
+        handle: None,
+    })
+}
+
+/// natron's table of `family`, `add` then `delete`: with the `add`, the
+/// `delete` is safe when it is absent, so a batch removes it whether or
+/// not it is there.
+pub(super) fn clear_of(family: NfFamily) -> [NfObject<'static>; 2] {
+    [
+        NfObject::CmdObject(NfCmd::Add(table_of(family))),
+        NfObject::CmdObject(NfCmd::Delete(table_of(family))),
+    ]
+}
+
+/// A named interval set of addresses in natron's table of `family`, its
+/// elements the (network, prefix length) of each network, as nft lists
+/// them: sorted, and no elements at all when empty.
+pub(super) fn interval_set(
+    family: NfFamily,
+    name: &str,
+    set_type: SetType,
+    nets: Vec<(String, u8)>,
+) -> Set<'static> {
+    Set {
+        family,
+        table: TABLE.into(),
+        name: name.to_string().into(),
+        handle: None,
+        set_type: SetTypeValue::Single(set_type),
+        policy: None,
+        flags: Some([SetFlag::Interval].into_iter().collect()),
+        elem: (!nets.is_empty()).then(|| {
+            Cow::Owned(
+                nets.iter()
+                    .map(|(addr, len)| prefix(addr, (*len).into()))
+                    .collect(),
+            )
+        }),
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
 }
 
 pub(super) fn str_expr(s: &str) -> Expression<'static> {

@@ -11,9 +11,7 @@ use std::borrow::Cow;
 
 use ipnet::Ipv4Net;
 use nftables::expr::{Expression, FibFlag, MetaKey};
-use nftables::schema::{
-    FlowTable, NfCmd, NfListObject, NfObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table,
-};
+use nftables::schema::{FlowTable, NfCmd, NfListObject, NfObject, Nftables, Set, SetType, Table};
 use nftables::stmt::{Flow, NATFlag, SetOp, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
@@ -79,23 +77,24 @@ pub struct RulesetSpec {
     /// `wire`): for the NAT Gateway's directional metrics in CloudWatch.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wire_counters: bool,
+    /// NAT64's filter and counters (table `ip6 natron`, `nat64`); None
+    /// without NAT64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat64: Option<nat64::Nat64Spec>,
 }
 
 /// natron's tables' contents as `nft -j list table` shows them (handles
 /// and counter values aside): `ip natron`, then `netdev natron` when the
-/// spec wants the wire counters.
+/// spec wants the wire counters, then `ip6 natron` with NAT64.
 pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
     let mut objects = render_ip(spec);
     objects.extend(wire::render(spec));
+    objects.extend(nat64::render(spec.nat64.as_ref()));
     objects
 }
 
 fn render_ip(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
-    let mut objects = vec![NfListObject::Table(Table {
-        family: FAMILY,
-        name: TABLE.into(),
-        handle: None,
-    })];
+    let mut objects = vec![table_of(FAMILY)];
     objects.push(NfListObject::Set(Box::new(net_set(
         FAMILY,
         SOURCES_SET,
@@ -332,21 +331,13 @@ fn in_listing_order(objects: Vec<NfListObject<'static>>) -> Vec<NfListObject<'st
 /// One transaction that creates natron's tables or replaces them whole:
 /// the `add` makes the `delete` safe when a table is absent, and the kernel
 /// applies the batch atomically, so no packet ever sees a half-built
-/// table. `netdev natron` is removed too, and added back only when the
-/// desired objects hold it.
+/// table. `netdev natron` and `ip6 natron` are removed too, and added back
+/// only when the desired objects hold them.
 pub fn apply_batch(desired: &[NfListObject<'static>]) -> Nftables<'static> {
-    let table = || {
-        NfListObject::Table(Table {
-            family: FAMILY,
-            name: TABLE.into(),
-            handle: None,
-        })
-    };
-    let mut cmds = vec![
-        NfObject::CmdObject(NfCmd::Add(table())),
-        NfObject::CmdObject(NfCmd::Delete(table())),
-    ];
-    cmds.extend(wire::clear());
+    let mut cmds = Vec::new();
+    for family in [FAMILY, wire::FAMILY, nat64::FAMILY] {
+        cmds.extend(clear_of(family));
+    }
     cmds.extend(
         desired
             .iter()
@@ -396,29 +387,16 @@ fn probe(family: NfFamily, object: NfListObject<'static>) -> Nftables<'static> {
 fn net_set(family: NfFamily, name: &str, nets: &[Ipv4Net]) -> Set<'static> {
     let mut sorted: Vec<Ipv4Net> = Ipv4Net::aggregate(&nets.to_vec());
     sorted.sort();
-    Set {
-        family,
-        table: TABLE.into(),
-        name: name.to_string().into(),
-        handle: None,
-        set_type: SetTypeValue::Single(SetType::Ipv4Addr),
-        policy: None,
-        flags: Some([SetFlag::Interval].into_iter().collect()),
-        elem: Some(Cow::Owned(
-            sorted
-                .iter()
-                .map(|net| prefix(&net.network().to_string(), net.prefix_len().into()))
-                .collect(),
-        )),
-        timeout: None,
-        gc_interval: None,
-        size: None,
-        comment: None,
-    }
+    let nets = sorted
+        .iter()
+        .map(|n| (n.network().to_string(), n.prefix_len()))
+        .collect();
+    interval_set(family, name, SetType::Ipv4Addr, nets)
 }
 
 mod expr;
 mod local;
+pub mod nat64;
 pub mod pool;
 pub mod wire;
 use expr::*;

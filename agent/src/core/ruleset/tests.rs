@@ -18,6 +18,7 @@ pub(crate) fn spec() -> RulesetSpec {
         mss: Some(1460),
         pool: Vec::new(),
         wire_counters: false,
+        nat64: None,
     }
 }
 
@@ -149,6 +150,27 @@ fn debian_13s_nft_lists_the_wire_counters_as_rendered() {
     assert_eq!(normalize(&listed), normalize(rendered.as_array().unwrap()));
     let tables: Vec<_> = listed.iter().filter_map(|o| o.get("table")).collect();
     assert_eq!(tables.len(), 2, "{tables:?}");
+}
+
+#[test]
+fn golden_nat64() {
+    let mut s = spec();
+    s.port_range = (1024, 61000);
+    s.nat64 = Some(nat64::Nat64Spec {
+        sources: vec!["2600:1f18:aa00::/56".parse().unwrap()],
+        port_range: (61001, 65535),
+    });
+    golden("ruleset-nat64.json", &s);
+    // An empty set is listed without elements; nothing else changes.
+    s.nat64.as_mut().unwrap().sources.clear();
+    let empty = serde_json::to_value(render(&s)).unwrap();
+    let set = empty
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["set"]["family"] == "ip6")
+        .unwrap();
+    assert!(set["set"].get("elem").is_none(), "{set}");
 }
 
 #[test]

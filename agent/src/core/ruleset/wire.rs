@@ -29,11 +29,11 @@
 //! Ethernet), the ingress hook without: `report::metrics` takes the header
 //! off so that both directions count IP bytes, as the NAT Gateway does.
 
-use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Table};
+use nftables::schema::{NfListObject, Nftables};
 use nftables::types::{NfFamily, NfHook};
 
 use super::expr::*;
-use super::{net_set, RulesetSpec, PEERS_SET, PROBE_TABLE, SOURCES_SET, TABLE};
+use super::{net_set, RulesetSpec, PEERS_SET, PROBE_TABLE, SOURCES_SET};
 
 pub const FAMILY: NfFamily = NfFamily::NetDev;
 const IN_CHAIN: &str = "wire-in";
@@ -64,7 +64,7 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
     peers.extend(spec.vpc.iter().copied());
     let rule = |chain, name, expr| rule_of(FAMILY, chain, name, expr);
     vec![
-        NfListObject::Table(table()),
+        table_of(FAMILY),
         NfListObject::Set(Box::new(net_set(FAMILY, SOURCES_SET, &spec.sources))),
         NfListObject::Set(Box::new(net_set(FAMILY, PEERS_SET, &peers))),
         device_chain(IN_CHAIN, NfHook::Ingress, PRIORITY, &spec.egress),
@@ -119,23 +119,6 @@ pub fn render(spec: &RulesetSpec) -> Vec<NfListObject<'static>> {
             rule::OUT_TO_DESTINATION,
             vec![not_matches(ip("daddr"), set_ref(PEERS_SET)), counter()],
         ),
-    ]
-}
-
-fn table() -> Table<'static> {
-    Table {
-        family: FAMILY,
-        name: TABLE.into(),
-        handle: None,
-    }
-}
-
-/// The table's `add` then `delete`: with the `add`, the `delete` is safe
-/// when it is absent, so a batch removes it whether or not it is there.
-pub fn clear() -> [NfObject<'static>; 2] {
-    [
-        NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-        NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
     ]
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use natron_contract::aws::RetryPolicy;
 
 use super::config::{Config, ConntrackConfig, FailoverConfig, DEFAULT_PATH, USER_DATA};
@@ -51,6 +51,8 @@ pub struct Settings {
     pub failover: FailoverConfig,
     /// None: metrics are not published to CloudWatch.
     pub cloudwatch: Option<CloudWatch>,
+    /// None: no NAT64.
+    pub nat64: Option<Nat64>,
     /// The configuration as written, for /status.
     pub file: Config,
 }
@@ -59,6 +61,14 @@ pub struct Settings {
 pub struct CloudWatch {
     pub namespace: String,
     pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nat64 {
+    /// Ports NAT64 translates to; `nat.port_range` has them taken out.
+    pub port_range: (u16, u16),
+    /// None: the VPC's IPv6 CIDR blocks.
+    pub source_cidrs: Option<Vec<Ipv6Net>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +195,26 @@ impl Config {
             p.add("nat.port_range", m);
             (1024, 65535)
         });
+        let n64 = &self.nat64;
+        let nat64_ports = parse_port_range(&n64.port_range).unwrap_or_else(|m| {
+            p.add("nat64.port_range", m);
+            (61001, 65535)
+        });
+        if let Some(cidrs) = &n64.source_cidrs {
+            p.check(
+                !cidrs.is_empty(),
+                "nat64.source_cidrs",
+                "must not be empty (omit it to use the VPC's IPv6 CIDRs)",
+            );
+        }
+        let port_range = if n64.enabled {
+            carve(port_range, nat64_ports).unwrap_or_else(|m| {
+                p.add("nat64.port_range", m);
+                port_range
+            })
+        } else {
+            port_range
+        };
         p.check(
             (1..=MAX_ADDRESSES).contains(&n.addresses),
             "nat.addresses",
@@ -330,6 +360,10 @@ impl Config {
                 namespace: cw.namespace.clone(),
                 interval: cw.interval,
             }),
+            nat64: n64.enabled.then(|| Nat64 {
+                port_range: nat64_ports,
+                source_cidrs: n64.source_cidrs.clone(),
+            }),
             file: self.clone(),
         })
     }
@@ -345,18 +379,6 @@ impl Default for Settings {
 
 /// The most private IPv4 addresses one interface has, on any instance type.
 pub const MAX_ADDRESSES: u32 = 50;
-
-/// Parses "LOW-HIGH" into a port range.
-pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("{text:?} is not a port range LOW-HIGH with 1 <= LOW <= HIGH <= 65535");
-    let (lo, hi) = text.split_once('-').ok_or_else(bad)?;
-    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-    if lo == 0 || lo > hi {
-        return Err(bad());
-    }
-    Ok((lo, hi))
-}
 
 pub fn valid_ifname(name: &str) -> bool {
     !name.is_empty()
@@ -441,6 +463,9 @@ fn line_of_key(text: &str, dotted: &str) -> usize {
     span.map(|s| text[..s.start].matches('\n').count() + 1)
         .unwrap_or(1)
 }
+
+mod ports;
+pub use ports::{carve, parse_port_range};
 
 #[cfg(test)]
 mod tests;

@@ -103,3 +103,32 @@ fn cloudwatch_is_off_by_default_and_validated_once() {
         })
     );
 }
+
+#[test]
+fn nat64_ports_are_taken_out_of_masquerade() {
+    let s = parse("[nat64]\nenabled = true\n").unwrap();
+    assert_eq!(
+        s.nat.port_range,
+        (1024, 61000),
+        "Jool's default range off the top"
+    );
+    let n = s.nat64.expect("on");
+    assert_eq!(n.port_range, (61001, 65535));
+    assert_eq!(n.source_cidrs, None, "the VPC's IPv6 blocks");
+    let off = parse("[nat64]\nport_range = \"2000-3000\"\n").unwrap();
+    assert_eq!(off.nat.port_range, (1024, 65535), "nothing taken while off");
+    assert_eq!(off.nat64, None);
+    assert_eq!(carve((1024, 65535), (1024, 5000)), Ok((5001, 65535)));
+    assert_eq!(carve((1024, 30000), (40000, 50000)), Ok((1024, 30000)));
+    assert_eq!(carve((10000, 20000), (5000, 15000)), Ok((15001, 20000)));
+    assert!(carve((1024, 65535), (1024, 65535)).is_err(), "nothing left");
+    assert_eq!(
+        problems("[nat64]\nenabled = true\nport_range = \"30000-31000\"\n"),
+        vec![("nat64.port_range".to_string(), 3)],
+        "a hole in the middle would split masquerade's range"
+    );
+    assert_eq!(
+        problems("[nat64]\nsource_cidrs = []\n"),
+        vec![("nat64.source_cidrs".to_string(), 2)]
+    );
+}

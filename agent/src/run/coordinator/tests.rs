@@ -54,6 +54,7 @@ fn ready(shared: &Shared) {
             local_ipv4: "10.0.0.10".parse().unwrap(),
             public_ipv4: None,
             vpc_cidrs: vec![],
+            vpc_ipv6_cidrs: vec![],
             group_tag: None,
         });
         s.dataplane.forwarding = true;

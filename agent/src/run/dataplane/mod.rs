@@ -1,5 +1,5 @@
-//! The data-plane loop: every `nat.reconcile_interval`, the ruleset, the
-//! sysctls, the connection table (`conntrack`: fill, drops, source ports),
+//! The data-plane loop: every `nat.reconcile_interval`, the ruleset,
+//! NAT64's translator (`run::nat64`), the sysctls, the connection table (`conntrack`: fill, drops, source ports),
 //! the source/dest check and the AZ's Elastic IP, each a step of one shape (`&self` plus the loop's [`Memory`]) that
 //! reads live state, changes only the difference and reports into
 //! [`Shared`]. Every step is safe to repeat after a crash.
@@ -58,6 +58,7 @@ pub struct Memory {
     pub pool_next: Option<Instant>,
     pub pool_backoff: Backoff,
     pub pool_failing: Repeats,
+    pub nat64: super::nat64::Memory,
 }
 
 /// The wait after a failed EC2 step: at least `floor`, doubling to a
@@ -90,6 +91,7 @@ impl Steps<'_> {
     /// One pass of every step, then readiness reported to systemd.
     pub async fn pass(&self, m: &mut Memory) {
         self.ruleset(m).await;
+        self.nat64(m).await;
         self.sysctls();
         self.conntrack(m);
         self.listing(m).await;
@@ -164,7 +166,7 @@ impl Steps<'_> {
             // A restarted agent keeps translating over the pool the live
             // table has until EC2 has been read, rather than rewrite the
             // table twice.
-            let live = self.edges.nft.list_table(false).await.ok().flatten();
+            let live = self.edges.nft.list_table(&[]).await.ok().flatten();
             m.pool = Some(
                 live.map(|l| crate::core::ruleset::pool::translated(&l))
                     .unwrap_or_default(),
@@ -214,6 +216,19 @@ impl Steps<'_> {
                 });
             }
         }
+    }
+
+    /// NAT64's Jool instance (see `run::nat64`), over the addresses the
+    /// ruleset translates to.
+    pub async fn nat64(&self, m: &mut Memory) {
+        super::nat64::reconcile(
+            self.edges.jool.as_ref(),
+            self.shared,
+            self.resolved,
+            m.pool.as_deref().unwrap_or_default(),
+            &mut m.nat64,
+        )
+        .await;
     }
 
     /// Forwarding, redirects and conntrack's limits, read-compare-write.

@@ -350,3 +350,29 @@ async fn the_pool_is_translated_over_and_survives_a_restart() {
     assert_eq!(fresh.pool, Some(pool));
     assert_eq!(*w.fakes.nft.applies.lock().unwrap(), applies);
 }
+
+#[tokio::test]
+async fn with_nat64_a_pass_writes_jool_and_table_ip6_natron_and_a_restart_changes_nothing() {
+    let mut w = world();
+    w.resolved.spec.nat64 = Some(crate::core::ruleset::nat64::Nat64Spec {
+        sources: vec!["2600:1f18:aa00::/56".parse().unwrap()],
+        port_range: (61001, 65535),
+    });
+    let mut m = Memory::default();
+    w.steps().pass(&mut m).await;
+    let table = w.fakes.nft.table.lock().unwrap().clone().unwrap();
+    assert!(
+        table.iter().any(|o| o["table"]["family"] == "ip6"),
+        "table ip6 natron written"
+    );
+    assert!(w.fakes.jool.instance.lock().unwrap().is_some());
+    let s = w.shared.snapshot();
+    let nat64 = s.dataplane.nat64.clone().expect("in /status");
+    assert!(nat64.in_place, "{nat64:?}");
+    assert!(s.dataplane_ready(), "{:?}", s.problems);
+    // A restarted agent (fresh memory) finds both as it wants them.
+    let mut restarted = Memory::default();
+    w.steps().pass(&mut restarted).await;
+    assert_eq!(*w.fakes.nft.applies.lock().unwrap(), 1);
+    assert_eq!(*w.fakes.jool.applies.lock().unwrap(), 1);
+}
