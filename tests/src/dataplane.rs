@@ -11,7 +11,7 @@
 //! The NAT forwards out of the interface it received on, as on EC2. Without
 //! translation (variant `plain`) replies return to the client directly.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,31 @@ const NAT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const ECHO_PORT: u16 = 7;
 const CLOSE_PORT: u16 = 9001;
 const HOLD_PORT: u16 = 9004;
+/// IPv6 (NAT64's variant): the client's network and the NAT's link.
+const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x10);
+const NAT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0x10);
+/// The server's address in NAT64's prefix (RFC 6052: 198.51.100.10).
+const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xc633, 0x640a);
+/// Where the client sends, and from, but with NAT64: the server, from
+/// the client's first address.
+const IPV4_DEST: (IpAddr, IpAddr) = (IpAddr::V4(SERVER), IpAddr::V4(CLIENT_IPS[0]));
+/// TAYGA's program: `$NATRON_TAYGA` (`cargo xtask setup` unpacks Debian's
+/// package into its cache and sets it), else `tayga` on the PATH (in the
+/// guest bench, the data disk's copy).
+pub fn tayga_program() -> PathBuf {
+    std::env::var_os("NATRON_TAYGA").map_or_else(|| PathBuf::from("tayga"), PathBuf::from)
+}
+
+/// TAYGA's TUN device, IPv4 pool and prefix (TAYGA variant). TAYGA,
+/// rightly (RFC 6052), refuses to put the lab server's documentation
+/// address (TEST-NET-2) in the well-known prefix, so it gets a
+/// network-specific one: the translation is the same work.
+const TAYGA_PREFIX: &str = "2001:db8:64::/96";
+const TAYGA_SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0xc633, 0x640a);
+const TAYGA_DEV: &str = "nat64";
+const TAYGA_POOL: &str = "192.168.255.0/24";
+/// NAT64's ports, as `nat64.port_range` defaults them.
+const NAT64_PORTS: (u16, u16) = (61001, 65535);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -47,16 +72,26 @@ pub enum Variant {
     /// natron with the wire counters CloudWatch's directional metrics need
     /// (`netdev natron`, on with `metrics.cloudwatch`).
     NatronWireCounters,
+    /// natron with NAT64 (`nat64.enabled`): Jool's instance as the agent
+    /// writes it and `table ip6 natron`, the client speaking IPv6 to the
+    /// server's `64:ff9b::` address. Needs Jool: the image's kernel only.
+    NatronNat64,
+    /// NAT64 by TAYGA (userspace, a TUN device, stateless: each IPv6
+    /// client gets an address of a private IPv4 pool) behind natron's
+    /// masquerade, the alternative to Jool the issue names.
+    TaygaNat64,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 8] = [
         Variant::Plain,
         Variant::FckNat,
         Variant::Natron,
         Variant::NatronFullyRandom,
         Variant::NatronNoFlowtable,
         Variant::NatronWireCounters,
+        Variant::NatronNat64,
+        Variant::TaygaNat64,
     ];
     /// What the host's bench compares (its kernel has no flowtable, so
     /// natron without one is natron).
@@ -68,13 +103,20 @@ impl Variant {
     ];
     /// What the bench inside the image compares (its kernel has the
     /// flowtable, which the wire counters' hooks see around).
-    pub const GUEST: [Variant; 5] = [
+    pub const GUEST: [Variant; 7] = [
         Variant::Plain,
         Variant::FckNat,
         Variant::Natron,
         Variant::NatronNoFlowtable,
         Variant::NatronWireCounters,
+        Variant::NatronNat64,
+        Variant::TaygaNat64,
     ];
+
+    /// NAT64's variants run only in the image (Jool's module, TAYGA).
+    pub fn needs_image(self) -> bool {
+        matches!(self, Variant::NatronNat64 | Variant::TaygaNat64)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -84,6 +126,8 @@ impl Variant {
             Variant::NatronFullyRandom => "natron, fully-random",
             Variant::NatronNoFlowtable => "natron without its flowtable",
             Variant::NatronWireCounters => "natron with the wire counters (CloudWatch)",
+            Variant::NatronNat64 => "natron NAT64 (Jool), IPv6 client",
+            Variant::TaygaNat64 => "TAYGA NAT64 + natron's masquerade, IPv6 client",
         }
     }
 }
@@ -98,15 +142,22 @@ pub struct Topology {
     client_rt: NsRuntime,
     inet_rt: NsRuntime,
     iperf: Option<std::process::Child>,
+    /// TAYGA's process while its variant is set.
+    tayga: std::sync::Mutex<Option<std::process::Child>>,
     /// Output of the helper processes.
     dir: PathBuf,
     /// Whether the kernel accepted natron's flowtable.
     pub flowtable: bool,
+    /// Where the client sends, and from: the server's IPv4 address from
+    /// the client's, or with NAT64 its `64:ff9b::` address from the
+    /// client's IPv6 one.
+    dest: std::sync::RwLock<(IpAddr, IpAddr)>,
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        if let Some(mut child) = self.iperf.take() {
+        let tayga = self.tayga.lock().expect("tayga").take();
+        for mut child in [self.iperf.take(), tayga].into_iter().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -176,8 +227,10 @@ impl Topology {
             nat,
             inet,
             iperf: None,
+            tayga: std::sync::Mutex::new(None),
             dir,
             flowtable: false,
+            dest: std::sync::RwLock::new(IPV4_DEST),
         };
         topo.wire()?;
         Ok(topo)
@@ -213,6 +266,32 @@ impl Topology {
             &["addr", "add", &format!("{NAT_IP}/24"), "dev", "eth0"],
         )?;
         exec::ip(nat, &["route", "add", "default", "via", "10.0.0.1"])?;
+        // IPv6 for NAT64's variant: the router sends the prefix to the NAT,
+        // the NAT's translated replies return by its default route.
+        exec::ip_batch(
+            client,
+            &[
+                format!("addr add {CLIENT_V6}/64 dev eth0 nodad"),
+                "route add default via fd00:10::1".into(),
+            ],
+        )?;
+        exec::ip_batch(
+            rtr,
+            &[
+                "addr add fd00:10::1/64 dev c0 nodad".into(),
+                "addr add fd00:0:0:1::1/64 dev n0 nodad".into(),
+                format!("route add 64:ff9b::/96 via {NAT_V6}"),
+                format!("route add {TAYGA_PREFIX} via {NAT_V6}"),
+            ],
+        )?;
+        exec::ip_batch(
+            nat,
+            &[
+                format!("addr add {NAT_V6}/64 dev eth0 nodad"),
+                "route add default via fd00:0:0:1::1".into(),
+            ],
+        )?;
+        sysctl(rtr, &["net.ipv6.conf.all.forwarding=1"])?;
         exec::ip(
             inet,
             &["addr", "add", &format!("{SERVER}/24"), "dev", "eth0"],
@@ -283,6 +362,20 @@ impl Topology {
     ) -> Result<(), LabError> {
         exec::in_ns(&self.nat, "nft", &["flush", "ruleset"])?;
         let _ = exec::in_ns(&self.nat, "conntrack", &["-F"]);
+        // Only NAT64's variants made a Jool instance or started TAYGA (and
+        // only where they are).
+        if let Some(mut tayga) = self.tayga.lock().expect("tayga").take() {
+            let _ = tayga.kill();
+            let _ = tayga.wait();
+            exec::ip(&self.nat, &["link", "del", TAYGA_DEV])?;
+        } else if self.dest() != IPV4_DEST {
+            exec::in_ns(
+                &self.nat,
+                "jool",
+                &["instance", "remove", natron_agent::core::jool::INSTANCE],
+            )?;
+        }
+        *self.dest.write().expect("dest") = IPV4_DEST;
         match variant {
             Variant::Plain => {}
             Variant::FckNat => {
@@ -310,8 +403,89 @@ impl Topology {
                 spec.wire_counters = variant == Variant::NatronWireCounters;
                 self.apply_ruleset(&spec)?;
             }
+            Variant::NatronNat64 => self.nat64(ports)?,
+            Variant::TaygaNat64 => self.tayga(ports)?,
         }
         Ok(())
+    }
+
+    /// natron with NAT64 as the agent sets it up: masquerade's ports with
+    /// NAT64's taken out, `table ip6 natron`, and Jool's instance from the
+    /// agent's own file; the client then speaks IPv6.
+    fn nat64(&self, ports: (u16, u16)) -> Result<(), LabError> {
+        use natron_agent::core::{jool, ruleset::nat64};
+        let carved =
+            natron_agent::core::settings::carve(ports, NAT64_PORTS).map_err(LabError::Setup)?;
+        let mut spec = self.natron_spec(false, carved);
+        spec.nat64 = Some(nat64::Nat64Spec {
+            sources: vec!["fd00:10::/64".parse().expect("prefix")],
+            port_range: NAT64_PORTS,
+        });
+        self.apply_ruleset(&spec)?;
+        let file = self.dir.join("jool.json");
+        let config = jool::desired(nat64::PREFIX, &[NAT_IP], NAT64_PORTS);
+        std::fs::write(&file, jool::file(&config))
+            .map_err(|e| LabError::Setup(format!("{}: {e}", file.display())))?;
+        exec::in_ns(
+            &self.nat,
+            "jool",
+            &["file", "handle", &file.display().to_string()],
+        )?;
+        *self.dest.write().expect("dest") = (SERVER_V6.into(), CLIENT_V6.into());
+        Ok(())
+    }
+
+    /// TAYGA as its documentation sets it up: a TUN device holding the
+    /// NAT's addresses, the prefix and a private IPv4 pool routed into it,
+    /// TAYGA mapping each IPv6 client to a pool address; natron's
+    /// masquerade (the pool among its sources) then translates the pool to
+    /// the NAT's address. (`table ip6 natron` filters the well-known prefix
+    /// only, so it is left out here.)
+    fn tayga(&self, ports: (u16, u16)) -> Result<(), LabError> {
+        let mut spec = self.natron_spec(false, ports);
+        spec.sources.push(TAYGA_POOL.parse().expect("pool"));
+        self.apply_ruleset(&spec)?;
+        let data = self.dir.join("tayga");
+        std::fs::create_dir_all(&data)
+            .map_err(|e| LabError::Setup(format!("{}: {e}", data.display())))?;
+        let conf = self.dir.join("tayga.conf");
+        let text = format!(
+            "tun-device {TAYGA_DEV}\nipv4-addr 192.168.255.1\nipv6-addr fd00:0:0:2::1\nprefix {TAYGA_PREFIX}\ndynamic-pool {TAYGA_POOL}\ndata-dir {}\n",
+            data.display()
+        );
+        std::fs::write(&conf, text)
+            .map_err(|e| LabError::Setup(format!("{}: {e}", conf.display())))?;
+        let conf = conf.display().to_string();
+        let tayga = tayga_program();
+        let program = tayga.display().to_string();
+        exec::in_ns(&self.nat, &program, &["--mktun", "-c", &conf])?;
+        sysctl(&self.nat, &["net.ipv6.conf.all.forwarding=1"])?;
+        exec::ip_batch(
+            &self.nat,
+            &[
+                format!("link set {TAYGA_DEV} up"),
+                format!("addr add {NAT_IP} dev {TAYGA_DEV}"),
+                format!("addr add {NAT_V6} dev {TAYGA_DEV}"),
+                format!("route add {TAYGA_POOL} dev {TAYGA_DEV}"),
+                format!("route add {TAYGA_PREFIX} dev {TAYGA_DEV}"),
+            ],
+        )?;
+        let child = exec::spawn_in_ns(
+            &self.nat,
+            &tayga,
+            &["--nodetach".into(), "-c".into(), conf],
+            &[],
+            &self.dir.join("tayga.log"),
+        )?;
+        *self.tayga.lock().expect("tayga") = Some(child);
+        std::thread::sleep(Duration::from_millis(300));
+        *self.dest.write().expect("dest") = (TAYGA_SERVER_V6.into(), CLIENT_V6.into());
+        Ok(())
+    }
+
+    /// Where the client sends, and from (see `dest`).
+    fn dest(&self) -> (IpAddr, IpAddr) {
+        *self.dest.read().expect("dest")
     }
 
     /// natron's ruleset for this NAT, as the agent would derive it.
@@ -327,6 +501,7 @@ impl Topology {
             mss: Some(1460),
             pool: Vec::new(),
             wire_counters: false,
+            nat64: None,
         }
     }
 
@@ -404,9 +579,10 @@ impl Topology {
 
     /// The source address the server sees: the NAT's when translated.
     pub fn seen_source(&self) -> Result<String, LabError> {
+        let (server, _) = self.dest();
         self.client_rt
-            .run(async {
-                let mut s = TcpStream::connect((SERVER, CLOSE_PORT)).await?;
+            .run(async move {
+                let mut s = TcpStream::connect((server, CLOSE_PORT)).await?;
                 let mut seen = String::new();
                 s.read_to_string(&mut seen).await?;
                 Ok::<String, std::io::Error>(seen)
@@ -416,8 +592,9 @@ impl Topology {
 
     /// An iperf3 client run from the client (`-J` added) and its report.
     fn iperf3(&self, args: &[&str]) -> Result<serde_json::Value, LabError> {
-        let server = SERVER.to_string();
-        let mut all = vec!["-c", server.as_str(), "--bind", "10.0.10.10", "-J"];
+        let (server, from) = self.dest();
+        let (server, from) = (server.to_string(), from.to_string());
+        let mut all = vec!["-c", server.as_str(), "--bind", from.as_str(), "-J"];
         all.extend_from_slice(args);
         let out = exec::in_ns(&self.client, "iperf3", &all)?;
         serde_json::from_str(&out).map_err(|e| LabError::Setup(format!("iperf3 -J: {e}: {out}")))
@@ -456,6 +633,7 @@ impl Topology {
     pub fn connections_per_second(&self, workers: usize, secs: u64) -> f64 {
         let done = Arc::new(AtomicU64::new(0));
         let d = done.clone();
+        let (server, _) = self.dest();
         let elapsed = self.client_rt.run(async move {
             let start = Instant::now();
             let end = start + Duration::from_secs(secs);
@@ -465,7 +643,7 @@ impl Topology {
                     tokio::spawn(async move {
                         while Instant::now() < end {
                             let attempt = async {
-                                let mut s = TcpStream::connect((SERVER, CLOSE_PORT)).await?;
+                                let mut s = TcpStream::connect((server, CLOSE_PORT)).await?;
                                 let mut seen = Vec::with_capacity(16);
                                 s.read_to_end(&mut seen).await?;
                                 Ok::<(), std::io::Error>(())

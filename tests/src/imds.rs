@@ -193,6 +193,11 @@ pub fn answer(view: &VpcView, i: &InstanceView, region: &str, path: &str) -> Opt
             "subnet-id" => Some(i.subnet_id.clone()),
             "vpc-ipv4-cidr-blocks" => Some(cidrs.join("\n")),
             "vpc-ipv4-cidr-block" => cidrs.first().cloned(),
+            // As on EC2: absent for a VPC without IPv6.
+            "vpc-ipv6-cidr-blocks" => (!view.ipv6_cidrs.is_empty()).then(|| {
+                let v6: Vec<String> = view.ipv6_cidrs.iter().map(|c| c.to_string()).collect();
+                v6.join("\n")
+            }),
             "local-ipv4s" => Some(i.private_ip.to_string()),
             "public-ipv4s" => i.public_ip.map(|p| p.to_string()),
             _ => None,
@@ -275,6 +280,7 @@ mod tests {
                 "10.0.0.0/16".parse().unwrap(),
                 "100.64.0.0/16".parse().unwrap(),
             ],
+            ipv6_cidrs: vec![],
             instances: vec![i.clone()],
             route_tables: vec![],
         };

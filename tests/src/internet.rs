@@ -1,7 +1,7 @@
 //! "The internet": servers on a public address in the lab's internet
 //! namespace, and the client side the harness uses from private hosts.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
@@ -20,6 +20,8 @@ pub const STREAM_PORT: u16 = 9000;
 pub const ECHO_PORT: u16 = 9001;
 /// Bulk transfers both ways (see [`download`] and [`upload`]).
 pub const BULK_PORT: u16 = 9002;
+/// Echoes every UDP datagram back.
+pub const UDP_ECHO_PORT: u16 = 9003;
 
 /// HTTP on :80 (`/` answers ok, `/whoami` the caller's address as seen
 /// here) and the stream service on :9000. Runs until the runtime stops.
@@ -28,6 +30,13 @@ pub async fn serve() -> std::io::Result<()> {
     let stream = TcpListener::bind((Ipv4Addr::UNSPECIFIED, STREAM_PORT)).await?;
     let echo = TcpListener::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT)).await?;
     let bulk = TcpListener::bind((Ipv4Addr::UNSPECIFIED, BULK_PORT)).await?;
+    let udp = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_ECHO_PORT)).await?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(&buf[..n], from).await;
+        }
+    });
     tokio::spawn(async move {
         while let Ok((socket, _)) = bulk.accept().await {
             tokio::spawn(bulk_serve(socket));
@@ -102,8 +111,18 @@ async fn send_bytes(socket: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
 /// for `stall` (what a black-holed path looks like) or breaks, naming how
 /// far it got.
 pub async fn download(bytes: u64, stall: Duration) -> Result<Duration, String> {
+    download_from(SERVER.into(), bytes, stall).await
+}
+
+/// [`download`] from the bulk service at `server` (the internet server's
+/// address, or its NAT64 address).
+pub async fn download_from(
+    server: IpAddr,
+    bytes: u64,
+    stall: Duration,
+) -> Result<Duration, String> {
     let start = Instant::now();
-    let mut s = connect_bulk(stall).await?;
+    let mut s = connect_bulk(server, stall).await?;
     s.write_all(format!("get {bytes}\n").as_bytes())
         .await
         .map_err(|e| format!("send: {e}"))?;
@@ -126,7 +145,7 @@ pub async fn download(bytes: u64, stall: Duration) -> Result<Duration, String> {
 /// [`download`].
 pub async fn upload(bytes: u64, stall: Duration) -> Result<Duration, String> {
     let start = Instant::now();
-    let s = connect_bulk(stall).await?;
+    let s = connect_bulk(SERVER.into(), stall).await?;
     let (mut r, mut w) = s.into_split();
     let sender = tokio::spawn(async move {
         w.write_all(format!("put {bytes}\n").as_bytes()).await?;
@@ -157,8 +176,8 @@ pub async fn upload(bytes: u64, stall: Duration) -> Result<Duration, String> {
     }
 }
 
-async fn connect_bulk(timeout: Duration) -> Result<TcpStream, String> {
-    let addr = SocketAddrV4::new(SERVER, BULK_PORT);
+async fn connect_bulk(server: IpAddr, timeout: Duration) -> Result<TcpStream, String> {
+    let addr = SocketAddr::new(server, BULK_PORT);
     tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connect {addr}: timed out"))?
@@ -194,11 +213,51 @@ async fn stream_to(socket: TcpStream) {
 
 /// GET `path` from the internet server over HTTP/1.0; the body on 200.
 pub async fn http_get(path: &str, timeout: Duration) -> Result<String, String> {
-    match natron_contract::client::get(&SERVER.to_string(), HTTP_PORT, path, timeout).await {
+    http_get_from(SERVER.into(), path, timeout).await
+}
+
+/// [`http_get`] from `server` (the internet server's address, or its
+/// NAT64 address).
+pub async fn http_get_from(
+    server: IpAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    match natron_contract::client::get(&server.to_string(), HTTP_PORT, path, timeout).await {
         Ok((200, body)) => Ok(body),
-        Ok((code, body)) => Err(format!("{SERVER}{path}: HTTP {code}: {body:?}")),
-        Err(e) => Err(format!("{SERVER}:{HTTP_PORT}{path}: {e}")),
+        Ok((code, body)) => Err(format!("{server}{path}: HTTP {code}: {body:?}")),
+        Err(e) => Err(format!("{server} port {HTTP_PORT}{path}: {e}")),
     }
+}
+
+/// One datagram to the UDP echo service at `server`, from `from` (any
+/// address of the caller's when None): the round trip, or Err when no
+/// echo comes within `timeout`.
+pub async fn udp_echo(
+    server: IpAddr,
+    from: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let local = from.unwrap_or(match server {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    });
+    let sock = tokio::net::UdpSocket::bind((local, 0))
+        .await
+        .map_err(|e| format!("bind {local}: {e}"))?;
+    let start = Instant::now();
+    let to = SocketAddr::new(server, UDP_ECHO_PORT);
+    sock.send_to(b"natron", to)
+        .await
+        .map_err(|e| format!("send to {to}: {e}"))?;
+    let mut buf = [0u8; 64];
+    let (n, _) = tokio::time::timeout(timeout, sock.recv_from(&mut buf))
+        .await
+        .map_err(|_| format!("no echo from {to} within {timeout:?}"))?
+        .map_err(|e| format!("receive from {to}: {e}"))?;
+    (buf[..n] == *b"natron")
+        .then(|| start.elapsed())
+        .ok_or_else(|| format!("{to} echoed {:?}", &buf[..n]))
 }
 
 /// What a stream download saw.
@@ -221,7 +280,7 @@ pub async fn stream(ms: u64) -> StreamReport {
         error: None,
     };
     let result = async {
-        let mut s = TcpStream::connect(SocketAddrV4::new(SERVER, STREAM_PORT))
+        let mut s = TcpStream::connect(SocketAddr::new(SERVER.into(), STREAM_PORT))
             .await
             .map_err(|e| format!("connect: {e}"))?;
         s.write_all(format!("stream {ms}\n").as_bytes())

@@ -293,6 +293,7 @@ mod tests {
         VpcView {
             vpc_id: "vpc-1".into(),
             cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            ipv6_cidrs: vec![],
             instances: vec![
                 instance(
                     "nat",

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::LabError;
 
@@ -14,6 +14,8 @@ use crate::LabError;
 pub struct VpcView {
     pub vpc_id: String,
     pub cidrs: Vec<Ipv4Net>,
+    /// The VPC's IPv6 blocks (the lab asks for Amazon's /56).
+    pub ipv6_cidrs: Vec<Ipv6Net>,
     pub instances: Vec<InstanceView>,
     pub route_tables: Vec<RouteTableView>,
 }
@@ -98,6 +100,12 @@ pub async fn read(ec2: &Client, vpc_id: &str) -> Result<VpcView, LabError> {
         .iter()
         .flat_map(|v| v.cidr_block_association_set())
         .filter_map(|a| a.cidr_block()?.parse().ok())
+        .collect();
+    let ipv6_cidrs = vpcs
+        .vpcs()
+        .iter()
+        .flat_map(|v| v.ipv6_cidr_block_association_set())
+        .filter_map(|a| a.ipv6_cidr_block()?.parse().ok())
         .collect();
     let out = ec2
         .describe_instances()
@@ -220,6 +228,7 @@ pub async fn read(ec2: &Client, vpc_id: &str) -> Result<VpcView, LabError> {
     Ok(VpcView {
         vpc_id: vpc_id.to_string(),
         cidrs,
+        ipv6_cidrs,
         instances,
         route_tables,
     })

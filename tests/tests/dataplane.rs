@@ -7,7 +7,12 @@ use natron_lab::dataplane::{Topology, Variant};
 #[test]
 fn each_variant_translates_as_named() {
     let topo = Topology::build().unwrap_or_else(|e| panic!("{e}"));
-    for v in Variant::ALL {
+    // NAT64's variant needs Jool, which only the image's kernel has: the
+    // guest bench shows what the server saw for it.
+    for v in Variant::ALL
+        .into_iter()
+        .filter(|v| *v != Variant::NatronNat64)
+    {
         topo.set_variant(v)
             .unwrap_or_else(|e| panic!("{}: {e}", v.name()));
         let seen = topo
@@ -29,26 +34,37 @@ fn the_kernel_lists_natrons_table_exactly_as_rendered() {
     use natron_agent::core::listing::{normalize, parse_listing};
     use natron_agent::core::ruleset::render;
     let topo = Topology::build().unwrap_or_else(|e| panic!("{e}"));
-    // The third, without the wire counters, also proves that rewriting
-    // the tables removes `netdev natron`.
-    for (fully_random, ports, wire) in [
-        (false, (1024, 65535), false),
-        (false, (1024, 65535), true),
-        (true, (20_000, 29_999), false),
+    // The third, without the wire counters and NAT64, also proves that
+    // rewriting the tables removes `netdev natron` and `ip6 natron`.
+    for (fully_random, ports, wire, nat64) in [
+        (false, (1024, 65535), false, false),
+        (false, (1024, 61000), true, true),
+        (true, (20_000, 29_999), false, false),
     ] {
         let mut spec = topo.natron_spec(fully_random, ports);
         spec.wire_counters = wire;
+        spec.nat64 = nat64.then(|| natron_agent::core::ruleset::nat64::Nat64Spec {
+            sources: vec![
+                "2600:1f18:aa00::/56".parse().unwrap(),
+                "fd00:10::/64".parse().unwrap(),
+            ],
+            port_range: (61001, 65535),
+        });
         topo.apply_ruleset(&spec).unwrap();
         let mut listed = parse_listing(&topo.list_table("ip").unwrap()).unwrap();
         match topo.list_table("netdev") {
             Ok(netdev) => listed.extend(parse_listing(&netdev).unwrap()),
             Err(e) => assert!(!wire, "no table netdev natron: {e}"),
         }
+        match topo.list_table("ip6") {
+            Ok(ip6) => listed.extend(parse_listing(&ip6).unwrap()),
+            Err(e) => assert!(!nat64, "no table ip6 natron: {e}"),
+        }
         let rendered = serde_json::to_value(render(&spec)).unwrap();
         assert_eq!(
             normalize(&listed),
             normalize(rendered.as_array().unwrap()),
-            "fully_random = {fully_random}, wire counters {wire}: nft lists the tables otherwise than rendered"
+            "fully_random = {fully_random}, wire counters {wire}, NAT64 {nat64}: nft lists the tables otherwise than rendered"
         );
     }
 }
@@ -71,4 +87,17 @@ fn concurrent_connections_to_one_destination_are_bounded_by_the_nat_ports() {
     topo.set_variant(Variant::Plain).unwrap();
     let held = topo.max_concurrent(helper, 1_500).unwrap();
     assert_eq!(held, 1_500, "plain forwarding");
+}
+
+/// TAYGA's variant (userspace, so it runs on this kernel too) translates:
+/// an IPv6 client reaches the IPv4 server, which sees the NAT's address.
+#[test]
+fn tayga_translates_an_ipv6_client_to_the_nats_address() {
+    let topo = Topology::build().unwrap_or_else(|e| panic!("{e}"));
+    topo.set_variant(Variant::TaygaNat64)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = topo.seen_source().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seen, "10.0.0.10");
+    topo.set_variant(Variant::Natron).unwrap();
+    assert_eq!(topo.seen_source().unwrap(), "10.0.0.10", "back to IPv4");
 }

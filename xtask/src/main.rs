@@ -31,6 +31,9 @@ const APT_PACKAGES: &[&str] = &[
     // its tests count wire packets.
     "dnsmasq-base",
     "ethtool",
+    // ping and traceroute6 through NAT64 (the VM NAT's tests).
+    "iputils-ping",
+    "traceroute",
 ];
 /// Must match `natron_lab::emulator::MOTO_VERSION`.
 const MOTO_VERSION: &str = "5.2.5";
@@ -115,7 +118,49 @@ fn setup() -> Result<(), String> {
         std::fs::write(&stamp, &wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     std::env::set_var("NATRON_MOTO_SERVER", venv.join("bin/moto_server"));
+    std::env::set_var("NATRON_TAYGA", tayga()?);
     Ok(())
+}
+
+/// TAYGA, NAT64's userspace translator, which the data-plane bench
+/// measures beside Jool: Debian's package unpacked into the cache, never
+/// installed, since its maintainer scripts would start it on this machine
+/// (a TUN device, routes and a NAT44 rule of its own).
+fn tayga() -> Result<PathBuf, String> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let dir = PathBuf::from(home).join(".cache/natron/tayga");
+    let bin = dir.join("usr/sbin/tayga");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let download = dir.with_extension("download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download).map_err(|e| format!("{}: {e}", download.display()))?;
+    let fetch = || {
+        run(Command::new("apt-get")
+            .args(["download", "-qq", "tayga"])
+            .current_dir(&download))
+    };
+    // The package lists may not be there yet on a fresh machine.
+    if fetch().is_err() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        fetch()?;
+    }
+    let deb = std::fs::read_dir(&download)
+        .map_err(|e| format!("{}: {e}", download.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| {
+            format!(
+                "{}: apt-get download tayga left no .deb",
+                download.display()
+            )
+        })?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    let _ = std::fs::remove_dir_all(&download);
+    bin.is_file()
+        .then_some(bin.clone())
+        .ok_or_else(|| format!("{}: not in the tayga package", bin.display()))
 }
 
 /// Installs the packages not installed yet.

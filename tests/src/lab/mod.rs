@@ -34,6 +34,7 @@ use crate::{exec, LabError};
 
 mod agents;
 mod failures;
+mod ipv6;
 mod observe;
 mod paths;
 mod provision;
@@ -48,6 +49,7 @@ pub use agents::{
     agent_binary, default_config, failover_config, fast_config, AgentConfig, AgentId,
     NO_ENV_CREDENTIALS,
 };
+pub use ipv6::{link_local, nat64_address};
 pub use observe::masked_lines;
 pub use paths::VPC_MTU;
 use provision::provision;

@@ -56,6 +56,8 @@ pub(super) async fn provision(
     let vpc = ec2
         .create_vpc()
         .cidr_block(VPC_CIDR)
+        // An IPv6 /56 as on AWS: IPv6 clients in the lab (NAT64).
+        .amazon_provided_ipv6_cidr_block(true)
         .send()
         .await
         .map_err(emu("CreateVpc"))?;

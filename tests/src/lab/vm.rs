@@ -68,6 +68,11 @@ impl VmNat {
         })
     }
 
+    /// Its ENI's MAC address.
+    pub(super) fn mac(&self) -> &str {
+        &self.mac
+    }
+
     /// QEMU's process, for the lab's cleanup.
     pub(super) fn take_process(&self) -> Option<Child> {
         self.qemu.lock().expect("vm").take()
@@ -86,6 +91,14 @@ pub(super) fn wire(
     dir: &Path,
 ) -> Result<Child, LabError> {
     let gateway = link_to_router(rtr, host, subnet, Some(VPC_MTU))?;
+    // IPv6 on the link, as the VPC router gives it: router advertisements
+    // (a default route; the instance's address by SLAAC here, by DHCPv6
+    // on AWS), which NAT64's translated replies leave by.
+    let v6 = link_ipv6_prefix(subnet);
+    exec::ip_batch(
+        rtr,
+        &[format!("addr add {}1/64 dev {} nodad", v6, host.router_dev)],
+    )?;
     let (dev, ns, mtu) = (
         host.router_dev.as_str(),
         host.ns.as_str(),
@@ -124,6 +137,8 @@ pub(super) fn wire(
         format!("--dhcp-option=option:router,{gateway}"),
         format!("--dhcp-option=option:dns-server,{resolver}"),
         format!("--dhcp-option=option:mtu,{mtu}"),
+        "--enable-ra".into(),
+        format!("--dhcp-range={v6},ra-only,64"),
         format!("--dhcp-leasefile={}", leases.display()),
         "--log-dhcp".into(),
     ];
@@ -134,6 +149,12 @@ pub(super) fn wire(
         &[],
         &dir.join(format!("dnsmasq-{}.log", host.role)),
     )
+}
+
+/// The /64 of the VM NAT's link (a ULA derived from its IPv4 subnet),
+/// as the text before the interface identifier: `fd00:ec2:0:N::`.
+pub(super) fn link_ipv6_prefix(subnet: Ipv4Net) -> String {
+    format!("fd00:ec2:0:{}::", subnet.network().octets()[2])
 }
 
 impl Lab {
@@ -155,7 +176,7 @@ impl Lab {
         c
     }
 
-    fn vm_nat(&self) -> Result<&VmNat, LabError> {
+    pub(super) fn vm_nat(&self) -> Result<&VmNat, LabError> {
         self.vm
             .as_ref()
             .ok_or_else(|| LabError::Setup("this lab has no VM NAT".into()))
