@@ -283,6 +283,7 @@ fn guest_report(f: &[Figures], rounds: usize, secs: u32) -> String {
         ));
     }
     let (plain, fck, natron, slow, wire) = (&f[0], &f[1], &f[2], &f[3], &f[4]);
+    let (nat64, tayga) = (&f[5], &f[6]);
     line(String::new());
     line("Ratios: median of the per-round ratios (their range over the rounds):".into());
     line(String::new());
@@ -322,6 +323,33 @@ fn guest_report(f: &[Figures], rounds: usize, secs: u32) -> String {
         natron,
         "(no goal: the price of CloudWatch's directional metrics)",
         &|_| String::new(),
+    ));
+    line(row(
+        "natron NAT64 (Jool, IPv6 client) / natron (IPv4 client)",
+        nat64,
+        natron,
+        "TCP 1 stream >= 0.8 (issue 16)",
+        &|m| format!("TCP 1 stream {}", verdict(m.tcp1, 0.8)),
+    ));
+    line(row(
+        "natron NAT64 / natron without flowtable",
+        nat64,
+        slow,
+        "(both on the slow path: no flowtable offloads what Jool translates)",
+        &|_| String::new(),
+    ));
+    line(row(
+        "TAYGA NAT64 / natron NAT64 (Jool)",
+        tayga,
+        nat64,
+        "(the choice of mechanism: Jool unless TAYGA is faster)",
+        &|m| {
+            if m.tcp1 > 1.0 {
+                "TAYGA faster for one TCP stream".into()
+            } else {
+                "Jool faster for one TCP stream".into()
+            }
+        },
     ));
     line(row(
         "fck-nat rule / plain",

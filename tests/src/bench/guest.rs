@@ -5,8 +5,8 @@
 //! The image's own kernel, initrd and root filesystem boot directly
 //! (`-kernel`) with a command line that masks natron's units and runs one
 //! job (`systemd.run=`): `natron-lab guest-bench` from a read-only data disk
-//! that carries this very binary and the host's iperf3, iptables and
-//! sysctl with their libraries (the image ships none of them). The guest
+//! that carries this very binary and the host's iperf3, iptables,
+//! sysctl and tayga with their libraries (the image ships none of them). The guest
 //! prints its report between markers on the serial console and powers
 //! off. TCG makes every absolute figure small; the ratios, taken within
 //! one round on one kernel, are what compares.
@@ -105,8 +105,8 @@ pub fn run(image: &Path, rounds: usize, secs: u32) -> Result<String, String> {
     match report {
         Ok(body) => Ok(format!(
             "Inside the x86_64 image under QEMU TCG (2 vCPUs, 1 GiB), its kernel \
-             (Debian's cloud kernel, with flowtables) and nftables; iperf3, iptables \
-             and sysctl are the host's, from a data disk. Guest powered off {:.0} s \
+             (Debian's cloud kernel, with flowtables), nftables and Jool; iperf3, \
+             iptables, sysctl and TAYGA are the host's, from a data disk. Guest powered off {:.0} s \
              after power-on.\n\n{body}",
             started.elapsed().as_secs_f64()
         )),
@@ -130,7 +130,20 @@ fn data_disk_tree(tools: &Path, rounds: usize, secs: u32) -> Result<(), String> 
     };
     let me = std::env::current_exe().map_err(|e| format!("natron-lab's own path: {e}"))?;
     copy(&me, &bin.join("natron-lab"))?;
-    for (name, path, first) in TOOLS {
+    // NAT64's userspace alternative to Jool, measured beside it (unpacked
+    // by `cargo xtask setup`, see `dataplane::tayga_program`).
+    let tayga = natron_lab::dataplane::tayga_program();
+    let tayga = on_path(&tayga)
+        .ok_or_else(|| {
+            format!(
+                "{}: not found (`cargo xtask setup` unpacks it)",
+                tayga.display()
+            )
+        })?
+        .display()
+        .to_string();
+    let programs = TOOLS.into_iter().chain([("tayga", tayga.as_str(), None)]);
+    for (name, path, first) in programs {
         let path = Path::new(path);
         let file = path
             .file_name()
@@ -166,6 +179,17 @@ fn data_disk_tree(tools: &Path, rounds: usize, secs: u32) -> Result<(), String> 
          {{ echo \"{BEGIN} $tag\"; cat /run/report.md; echo \"{END}\"; }} >/dev/ttyS0\n"
     );
     write_executable(&tools.join("run.sh"), &job)
+}
+
+/// `program` itself when it names a path, else the first of that name on
+/// the PATH.
+fn on_path(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 fn write_executable(path: &Path, text: &str) -> Result<(), String> {
