@@ -59,6 +59,16 @@ impl std::fmt::Display for InstanceState {
     }
 }
 
+/// The IPv4 default route, the one the failover rules move.
+pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
+/// The well-known NAT64 prefix (RFC 6052), the one the VPC's DNS64
+/// synthesizes addresses in: a NAT64 table's route for it follows the
+/// default route to the same NAT.
+pub const NAT64_ROUTE: &str = "64:ff9b::/96";
+/// The IPv6 default route: to an egress-only internet gateway in a NAT64
+/// table (`natron apply --nat64`).
+pub const IPV6_DEFAULT_ROUTE: &str = "::/0";
+
 /// A route's state: `blackhole` when its target is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

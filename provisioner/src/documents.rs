@@ -14,6 +14,8 @@ pub struct AgentOptions {
     pub cloudwatch_metrics: bool,
     /// `nat.addresses`: the address pool's size (1: none).
     pub addresses: u32,
+    /// `nat64.enabled`: translate the VPC's IPv6 clients to IPv4.
+    pub nat64: bool,
 }
 
 impl Default for AgentOptions {
@@ -21,6 +23,7 @@ impl Default for AgentOptions {
         AgentOptions {
             cloudwatch_metrics: false,
             addresses: 1,
+            nat64: false,
         }
     }
 }
@@ -177,6 +180,9 @@ pub fn agent_config(group: &str, options: &AgentOptions) -> String {
     );
     if options.addresses > 1 {
         config.push_str(&format!("\n[nat]\naddresses = {}\n", options.addresses));
+    }
+    if options.nat64 {
+        config.push_str("\n[nat64]\nenabled = true\n");
     }
     if options.cloudwatch_metrics {
         config.push_str("\n[metrics.cloudwatch]\nenabled = true\n");

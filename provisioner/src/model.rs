@@ -5,16 +5,23 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
-pub use natron_contract::ec2::{InstanceState, RouteState};
+pub use natron_contract::ec2::{
+    InstanceState, RouteState, DEFAULT_ROUTE, IPV6_DEFAULT_ROUTE, NAT64_ROUTE,
+};
+pub use natron_contract::tags::NAT64 as NAT64_TAG;
 pub use natron_contract::tags::{AZ as AZ_TAG, GROUP as GROUP_TAG};
 /// On a route table natron made: the private subnet it was made for.
 pub const SUBNET_TAG: &str = "natron:subnet";
 /// On a route table natron made: the table the subnet used before (its
 /// explicit association), restored by `destroy`.
 pub const PREVIOUS_TAG: &str = "natron:previous-route-table";
+/// On a route table natron made: natron turned DNS64 on for its subnet
+/// (`apply --nat64`), so releasing the subnet turns it off again. Written
+/// before the change, so a crash in between leaves it on the safe side.
+pub const DNS64_TAG: &str = "natron:dns64";
 
 pub type Tags = BTreeMap<String, String>;
 
@@ -25,12 +32,16 @@ pub type Tags = BTreeMap<String, String>;
 pub struct Inventory {
     pub vpc_id: String,
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// The VPC's associated IPv6 blocks (NAT64 serves these).
+    pub vpc_ipv6_cidrs: Vec<Ipv6Net>,
     /// Availability zones of the region that are available.
     pub zones: Vec<String>,
     pub subnets: Vec<Subnet>,
     pub route_tables: Vec<RouteTable>,
     /// Internet gateways attached to the VPC.
     pub internet_gateways: Vec<String>,
+    /// Egress-only internet gateways attached to the VPC (IPv6 out).
+    pub egress_only_gateways: Vec<EgressOnlyGateway>,
     pub security_groups: Vec<SecurityGroup>,
     pub network_acls: Vec<NetworkAcl>,
     /// Instances in the VPC tagged with the group (terminated ones left out).
@@ -55,6 +66,16 @@ pub struct Subnet {
     pub id: String,
     pub az: String,
     pub cidr: Ipv4Net,
+    /// Its associated IPv6 block, if any.
+    pub ipv6_cidr: Option<Ipv6Net>,
+    /// Route 53 Resolver synthesizes `64:ff9b::` addresses for it (DNS64).
+    pub dns64: bool,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressOnlyGateway {
+    pub id: String,
     pub tags: Tags,
 }
 
@@ -105,11 +126,25 @@ impl Route {
             .as_deref()
             .is_some_and(|g| g.starts_with("igw-"))
     }
+
+    /// The egress-only internet gateway it goes to, if it does.
+    pub fn egress_only_gateway(&self) -> Option<&str> {
+        self.other.as_deref().filter(|g| g.starts_with("eigw-"))
+    }
 }
 
 impl RouteTable {
     pub fn default_route(&self) -> Option<&Route> {
-        self.routes.iter().find(|r| r.destination == "0.0.0.0/0")
+        self.route(DEFAULT_ROUTE)
+    }
+
+    pub fn route(&self, destination: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.destination == destination)
+    }
+
+    /// Tagged to serve NAT64 (any value but `false`, as the agents read it).
+    pub fn serves_nat64(&self) -> bool {
+        self.tag(NAT64_TAG).is_some_and(|v| v != "false")
     }
 
     pub fn tag(&self, key: &str) -> Option<&str> {
@@ -132,6 +167,7 @@ pub struct Permission {
 #[serde(rename_all = "snake_case")]
 pub enum Peer {
     Cidr(Ipv4Net),
+    Cidr6(Ipv6Net),
     /// A security group: known, or the one an earlier action creates.
     Group(Ref),
 }

@@ -15,27 +15,7 @@ async fn an_address_pool_is_applied_kept_shrunk_and_destroyed() {
     let emu = Loopback::start().await.unwrap();
     let ec2 = aws_sdk_ec2::Client::new(&emu.sdk_config().await);
     let v = vpc(&ec2).await;
-    let new_private = format!("{AZ_B}=10.0.11.0/24");
-    let args = |addresses: &str| -> Vec<String> {
-        [
-            "apply",
-            "--vpc",
-            &v.id,
-            "--group",
-            "g1",
-            "--private",
-            &v.old_subnet,
-            "--private",
-            &new_private,
-            "--addresses",
-            addresses,
-            "--wait-timeout",
-            "60s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let args = |addresses: &str| apply_args(&v, "g1", &["--addresses", addresses]);
 
     // t4g.nano has 2 private addresses per interface: 3 is refused, and
     // nothing is created.
@@ -64,18 +44,7 @@ async fn an_address_pool_is_applied_kept_shrunk_and_destroyed() {
         [(AZ_A.to_string(), Some(1)), (AZ_B.to_string(), Some(1))],
         "one slot address per AZ, no AZ address without --elastic-ip"
     );
-    let launch = inv
-        .launch_template
-        .as_ref()
-        .unwrap()
-        .latest
-        .clone()
-        .unwrap();
-    assert!(
-        launch.user_data.contains("[nat]\naddresses = 2"),
-        "{}",
-        launch.user_data
-    );
+    assert_user_data(&inv, "[nat]\naddresses = 2");
     let options = natron::documents::AgentOptions {
         addresses: 2,
         ..Default::default()

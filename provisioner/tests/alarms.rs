@@ -25,28 +25,13 @@ async fn alarms_are_put_kept_and_destroyed() {
     let emu = Loopback::start().await.unwrap();
     let ec2 = aws_sdk_ec2::Client::new(&emu.sdk_config().await);
     let v = vpc(&ec2).await;
-    let new_private = format!("{AZ_B}=10.0.11.0/24");
-    let mut args = vec![
-        "apply",
-        "--vpc",
-        &v.id,
-        "--group",
-        "g1",
-        "--private",
-        &v.old_subnet,
-        "--private",
-        &new_private,
-        "--alarms",
-        "--wait-timeout",
-        "60s",
-    ];
-    let out = natron(&emu, &args).await;
+    let out = natron_with(&emu, &apply_args(&v, "g1", &["--alarms"])).await;
     assert_eq!(out.code, 2, "--alarms needs --cloudwatch-metrics: {out}");
     assert!(out.stderr.contains("--cloudwatch-metrics"), "{out}");
-    args.insert(9, "--cloudwatch-metrics");
+    let args = apply_args(&v, "g1", &["--alarms", "--cloudwatch-metrics"]);
 
     let agents = fake_agents(ec2.clone(), "g1");
-    let out = natron(&emu, &args).await;
+    let out = natron_with(&emu, &args).await;
     assert_eq!(out.code, 0, "{out}");
     let put = alarms(&emu).await;
     let mut names: Vec<&str> = put.iter().filter_map(|a| a.alarm_name()).collect();
@@ -62,7 +47,7 @@ async fn alarms_are_put_kept_and_destroyed() {
         query.contains("SUM(Ready)") && query.contains("WHERE Group = 'g1'"),
         "{query}"
     );
-    let out = natron(&emu, &args).await;
+    let out = natron_with(&emu, &args).await;
     assert_eq!(out.code, 0, "{out}");
     assert!(out.stdout.contains("nothing to change"), "{out}");
     agents.abort();

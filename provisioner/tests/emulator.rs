@@ -562,6 +562,7 @@ async fn interrupted_apply_resumes_cleanly() {
         addresses: 1,
         alarms: false,
         remove: vec![],
+        nat64: false,
     };
     let plan = |cloud: Aws| {
         let request = request.clone();

@@ -16,6 +16,7 @@ fn parliament_finds_nothing_in_the_agent_policy() {
         let options = natron::documents::AgentOptions {
             cloudwatch_metrics: metrics,
             addresses,
+            ..Default::default()
         };
         let policy = agent_policy("prod", partition, &options).to_string();
         let out = std::process::Command::new(&parliament)

@@ -1,13 +1,21 @@
-"""moto_server, with the one EC2 behaviour natron's lab needs that moto
+"""moto_server, with the EC2 behaviours natron's lab needs that moto
 5.2.5 lacks (measured; see ../shared/notes/ec2-emulator.md):
 
-AWS associates an Elastic IP with the private address AssociateAddress
+1. Subnets' IPv6. moto ignores ModifySubnetAttribute's EnableDns64 and
+DescribeSubnets never reports it; AWS keeps it per subnet. This keeps it.
+DescribeSubnets also reports an IPv6 block's state nested one level too
+deep (state.state.State), so that it reads as no state; this reports it
+as AWS does.
+
+2. AWS associates an Elastic IP with the private address AssociateAddress
 names (PrivateIpAddress, a secondary one too: a NAT's address pool) and
 reports the interface's instance. moto ignores PrivateIpAddress: the
 interface's primary address gets the Elastic IP (replacing its public IP)
 and, associated by interface, the address shows no instance. This wraps
 AssociateAddress and DisassociateAddress to behave as AWS does for a
-secondary address, and leaves every other call as moto has it.
+secondary address.
+
+Every other call is as moto has it.
 
 Run as moto_server: python3 moto_natron.py -H HOST -p PORT.
 """
@@ -15,8 +23,43 @@ Run as moto_server: python3 moto_natron.py -H HOST -p PORT.
 import sys
 
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress, ElasticAddressBackend
+from moto.ec2.models.subnets import Subnet
 from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
+from moto.ec2.responses.subnets import Subnets
 from moto.server import main
+
+# 1. DNS64: DescribeSubnets serializes the attribute named after the
+# field (EnableDns64 -> enable_dns64); off until set.
+Subnet.enable_dns64 = False
+_modify_subnet_attribute = Subnets.modify_subnet_attribute
+
+
+def _modify_subnet_attribute_dns64(self):
+    value = self._get_param("EnableDns64.Value")
+    if value is not None:
+        subnet = self.ec2_backend.get_subnet(self._get_param("SubnetId"))
+        subnet.enable_dns64 = str(value).lower() == "true"
+    return _modify_subnet_attribute(self)
+
+
+Subnets.modify_subnet_attribute = _modify_subnet_attribute_dns64
+
+
+def _ipv6_cidr_block_association_set(self):
+    return [
+        {
+            "Ipv6CidrBlock": a["ipv6CidrBlock"],
+            "AssociationId": a["associationId"],
+            "Ipv6CidrBlockState": {"State": a["ipv6CidrBlockState"]["State"]},
+        }
+        for a in self.ipv6_cidr_block_associations.values()
+        if a["ipv6CidrBlockState"]["State"] == "associated"
+    ]
+
+
+Subnet.ipv6_cidr_block_association_set = property(_ipv6_cidr_block_association_set)
+
+# 2. Elastic IPs on secondary addresses.
 
 _private_ip = ElasticAddress.private_ip_address
 

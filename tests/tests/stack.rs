@@ -44,6 +44,7 @@ fn agents_serve_the_tables_of_an_exported_stack() {
                 addresses: 1,
                 alarms: false,
                 remove: vec![],
+                nat64: false,
             };
             let image = Image {
                 id: "ami-00000000000000000".into(),

@@ -9,11 +9,7 @@ pub mod probe;
 pub use natron_contract::ec2::{InstanceState, RouteState, RouteTarget};
 pub use natron_contract::status::RouteTable;
 
-/// The destination natron's routes are for.
-pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
-/// The well-known NAT64 prefix (RFC 6052), the one the VPC's DNS64
-/// synthesizes addresses in.
-pub const NAT64_ROUTE: &str = "64:ff9b::/96";
+pub use natron_contract::ec2::{DEFAULT_ROUTE, NAT64_ROUTE};
 
 /// The routes of a table natron writes: its IPv4 default route, which the
 /// failover rules move, and its NAT64 route, present only in tables made

@@ -1,7 +1,8 @@
 //! Runs a [`Plan`] through a [`Cloud`]: actions in order, new ids passed on
 //! to the actions that need them, then (for `apply`) the wait until every
 //! private subnet's table is served by a NAT of its own AZ. Associations of
-//! subnets in use happen in that wait, once their table has a NAT route.
+//! subnets in use happen in that wait, once their table has a NAT route,
+//! and DNS64 is turned on there once the table's NAT64 route is served.
 //! Interrupted, a run leaves only tagged resources behind; the next plan,
 //! read from the VPC again, carries on from there.
 
@@ -10,8 +11,8 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::cloud::{Cloud, CloudError};
-use crate::model::{has_tag, Inventory, Peer, AZ_TAG, GROUP_TAG, SUBNET_TAG};
-use crate::plan::{Action, Plan, Ref, SG_KEY, TEMPLATE_KEY};
+use crate::model::{has_tag, Inventory, Peer, AZ_TAG, GROUP_TAG, NAT64_ROUTE, SUBNET_TAG};
+use crate::plan::{Action, Plan, Ref, EGRESS_ONLY_KEY, SG_KEY, TEMPLATE_KEY};
 
 /// What a run reports as it goes.
 #[derive(Debug)]
@@ -109,6 +110,13 @@ impl<'a> Runner<'a> {
                 *subnet = self.resolve(subnet);
             }
             Action::CreateAutoScalingGroup { template, .. } => *template = self.resolve(template),
+            Action::RouteIpv6Out { table, gateway, .. } => {
+                *table = self.resolve(table);
+                *gateway = self.resolve(gateway);
+            }
+            Action::TagNat64 { table } | Action::EnableDns64 { table, .. } => {
+                *table = self.resolve(table)
+            }
             _ => {}
         }
         a
@@ -121,6 +129,7 @@ impl<'a> Runner<'a> {
             }
             Action::CreateSecurityGroup { .. } => Some(SG_KEY.into()),
             Action::CreateLaunchTemplate { .. } => Some(TEMPLATE_KEY.into()),
+            Action::CreateEgressOnlyGateway {} => Some(EGRESS_ONLY_KEY.into()),
             _ => None,
         }
     }
@@ -136,11 +145,7 @@ impl<'a> Runner<'a> {
         let total = plan.actions.len();
         for (i, action) in plan.actions.iter().enumerate() {
             let action = self.resolved(action);
-            if let Action::AssociateRouteTable {
-                wait_for_claim: true,
-                ..
-            } = action
-            {
+            if waits(&action) {
                 let _ = on(Event::Progress(format!(
                     "[{}/{total}] later, once its NAT serves the route: {action}",
                     i + 1
@@ -190,13 +195,7 @@ impl<'a> Runner<'a> {
             let mut still = Vec::new();
             let (count, mut made) = (pending.len(), 0);
             for a in pending {
-                let table = match &a {
-                    Action::AssociateRouteTable {
-                        table: Ref::Id(t), ..
-                    } => t.clone(),
-                    _ => unreachable!("only resolved associations wait"),
-                };
-                if served.contains_key(&table) {
+                if ready(&a, &inv, &served) {
                     if on(Event::Start {
                         index: 0,
                         total: 0,
@@ -227,6 +226,13 @@ impl<'a> Runner<'a> {
                 return Ok(served);
             }
             if start.elapsed() >= wait.timeout {
+                let mut missing = missing;
+                missing.extend(pending.iter().filter_map(|a| match a {
+                    Action::EnableDns64 { subnet, table } => Some(format!(
+                        "{table} (subnet {subnet}): no {NAT64_ROUTE} route on its NAT yet, so DNS64 stays off (the agent adds it beside the default route; a NAT launched before `--nat64` does not translate: replace it)"
+                    )),
+                    _ => None,
+                }));
                 return Err(RunError::Timeout {
                     waited: start.elapsed(),
                     missing,
@@ -266,6 +272,47 @@ impl<'a> Runner<'a> {
             }
         }
         Ok(done)
+    }
+}
+
+/// Actions the run leaves to the wait: associations of subnets in use, and
+/// DNS64, which waits for the NAT64 route.
+fn waits(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::AssociateRouteTable {
+            wait_for_claim: true,
+            ..
+        } | Action::EnableDns64 { .. }
+    )
+}
+
+/// Whether a waiting action can go now: an association once its table is
+/// served; DNS64 once the subnet is on its table and the table's NAT64
+/// route goes to the NAT that serves it.
+fn ready(action: &Action, inv: &Inventory, served: &BTreeMap<String, String>) -> bool {
+    match action {
+        Action::AssociateRouteTable {
+            table: Ref::Id(t), ..
+        } => served.contains_key(t),
+        Action::EnableDns64 {
+            subnet,
+            table: Ref::Id(t),
+        } => {
+            let (Some(nat), Some(table)) = (served.get(t), inv.route_table(t)) else {
+                return false;
+            };
+            let on_table = table
+                .associations
+                .iter()
+                .any(|a| a.subnet_id.as_deref() == Some(subnet.as_str()));
+            let nat64 = table
+                .route(NAT64_ROUTE)
+                .zip(inv.instances.iter().find(|i| &i.id == nat))
+                .is_some_and(|(r, nat)| nat.is_target_of(r));
+            on_table && nat64
+        }
+        other => unreachable!("{other} does not wait"),
     }
 }
 

@@ -306,3 +306,60 @@ async fn an_unclaimed_table_times_out_saying_why() {
         "a subnet in use never moves to a table without a way out"
     );
 }
+
+#[tokio::test]
+async fn dns64_waits_until_the_subnet_is_on_its_table_and_the_nat64_route_is_served() {
+    let cloud = FakeCloud::default();
+    // Served (0.0.0.0/0 on the NAT), the subnet associated, but no NAT64
+    // route yet.
+    let mut world = served_world(Some("eni-a"));
+    world.route_tables[0]
+        .associations
+        .push(crate::model::Association {
+            id: "rtbassoc-x".into(),
+            subnet_id: Some("subnet-xa".into()),
+        });
+    *cloud.inventory.lock().unwrap() = world.clone();
+    let dns64 = Action::EnableDns64 {
+        subnet: "subnet-xa".into(),
+        table: Ref::New("route table for subnet-xa".into()),
+    };
+    let mut runner = Runner::new(&cloud, "vpc-1", "g");
+    runner
+        .created
+        .insert("route table for subnet-xa".into(), "rtb-n".into());
+    let pending = runner
+        .run(&plan(vec![dns64]), &mut keep_going)
+        .await
+        .unwrap()
+        .pending;
+    assert!(cloud.executed.lock().unwrap().is_empty(), "deferred");
+    let wait = Wait {
+        timeout: Duration::from_millis(200),
+        poll: Duration::from_millis(20),
+    };
+    match runner.wait(pending.clone(), &wait, &mut keep_going).await {
+        Err(RunError::Timeout { missing, .. }) => assert!(
+            missing.len() == 1 && missing[0].contains("no 64:ff9b::/96 route"),
+            "{missing:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(cloud.executed.lock().unwrap().is_empty());
+
+    // The agent adds the NAT64 route to the same NAT: DNS64 goes on.
+    world.route_tables[0].routes.push(Route {
+        destination: "64:ff9b::/96".into(),
+        interface_id: Some("eni-a".into()),
+        ..Default::default()
+    });
+    *cloud.inventory.lock().unwrap() = world;
+    runner.wait(pending, &wait, &mut keep_going).await.unwrap();
+    assert_eq!(
+        cloud.executed.lock().unwrap().clone(),
+        vec![Action::EnableDns64 {
+            subnet: "subnet-xa".into(),
+            table: Ref::Id("rtb-n".into()),
+        }]
+    );
+}

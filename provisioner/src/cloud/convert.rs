@@ -34,7 +34,10 @@ pub(super) fn tag_spec(kind: ec2t::ResourceType, tags: &[(&str, &str)]) -> ec2t:
 
 pub(super) fn parse_route(r: &ec2t::Route) -> Option<Route> {
     Some(Route {
-        destination: r.destination_cidr_block()?.to_string(),
+        destination: r
+            .destination_cidr_block()
+            .or(r.destination_ipv6_cidr_block())?
+            .to_string(),
         gateway_id: r.gateway_id().map(str::to_string),
         instance_id: r.instance_id().map(str::to_string),
         interface_id: r.network_interface_id().map(str::to_string),
@@ -66,6 +69,16 @@ pub(super) fn parse_permissions(perms: &[ec2t::IpPermission]) -> Vec<Permission>
                     from_port,
                     to_port,
                     peer: Peer::Cidr(cidr),
+                });
+            }
+        }
+        for r in p.ipv6_ranges() {
+            if let Some(Ok(cidr)) = r.cidr_ipv6().map(str::parse) {
+                out.push(Permission {
+                    protocol: protocol.clone(),
+                    from_port,
+                    to_port,
+                    peer: Peer::Cidr6(cidr),
                 });
             }
         }
@@ -102,6 +115,12 @@ pub(super) fn to_ip_permissions(rules: &[Permission]) -> Vec<ec2t::IpPermission>
                         } else {
                             "natron: served private subnet"
                         })
+                        .build(),
+                ),
+                Peer::Cidr6(c) => b.ipv6_ranges(
+                    ec2t::Ipv6Range::builder()
+                        .cidr_ipv6(c.to_string())
+                        .description("natron: served private subnet (NAT64)")
                         .build(),
                 ),
                 Peer::Group(g) => b.user_id_group_pairs(

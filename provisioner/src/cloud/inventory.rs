@@ -45,6 +45,15 @@ impl Aws {
                     .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok()),
             );
         }
+        let vpc_ipv6_cidrs = vpc
+            .ipv6_cidr_block_association_set()
+            .iter()
+            .filter(|a| {
+                a.ipv6_cidr_block_state().and_then(|s| s.state())
+                    == Some(&ec2t::VpcCidrBlockStateCode::Associated)
+            })
+            .filter_map(|a| a.ipv6_cidr_block()?.parse().ok())
+            .collect();
         let zones = self
             .ec2
             .describe_availability_zones()
@@ -72,6 +81,15 @@ impl Aws {
                     id: s.subnet_id()?.to_string(),
                     az: s.availability_zone()?.to_string(),
                     cidr: s.cidr_block()?.parse().ok()?,
+                    ipv6_cidr: s
+                        .ipv6_cidr_block_association_set()
+                        .iter()
+                        .filter(|a| {
+                            a.ipv6_cidr_block_state().and_then(|s| s.state())
+                                == Some(&ec2t::SubnetCidrBlockStateCode::Associated)
+                        })
+                        .find_map(|a| a.ipv6_cidr_block()?.parse().ok()),
+                    dns64: s.enable_dns64() == Some(true),
                     tags: ec2_tags(s.tags()),
                 })
             })
@@ -120,6 +138,29 @@ impl Aws {
             .internet_gateways()
             .iter()
             .filter_map(|g| g.internet_gateway_id().map(str::to_string))
+            .collect();
+        let egress_only_gateways = self
+            .ec2
+            .describe_egress_only_internet_gateways()
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(fail(EC2, "DescribeEgressOnlyInternetGateways", vpc_id))?
+            .iter()
+            .filter(|g| {
+                g.attachments().iter().any(|a| {
+                    a.vpc_id() == Some(vpc_id)
+                        && a.state() == Some(&ec2t::AttachmentStatus::Attached)
+                })
+            })
+            .filter_map(|g| {
+                Some(EgressOnlyGateway {
+                    id: g.egress_only_internet_gateway_id()?.to_string(),
+                    tags: ec2_tags(g.tags()),
+                })
+            })
             .collect();
         let security_groups = self
             .ec2
@@ -238,10 +279,12 @@ impl Aws {
         Ok(Inventory {
             vpc_id: vpc_id.to_string(),
             vpc_cidrs,
+            vpc_ipv6_cidrs,
             zones,
             subnets,
             route_tables,
             internet_gateways,
+            egress_only_gateways,
             security_groups,
             network_acls,
             instances,

@@ -215,7 +215,97 @@ impl Aws {
                 })
                 .await
             }
+            CreateEgressOnlyGateway {} => {
+                let name = format!("natron-{group}");
+                let out = ec2
+                    .create_egress_only_internet_gateway()
+                    .vpc_id(vpc_id)
+                    .tag_specifications(tag_spec(
+                        ec2t::ResourceType::EgressOnlyInternetGateway,
+                        &[(GROUP_TAG, group), ("Name", &name)],
+                    ))
+                    .send()
+                    .await
+                    .map_err(fail(EC2, "CreateEgressOnlyInternetGateway", vpc_id))?;
+                Ok(out
+                    .egress_only_internet_gateway()
+                    .and_then(|g| g.egress_only_internet_gateway_id())
+                    .map(str::to_string))
+            }
+            RouteIpv6Out {
+                table,
+                gateway,
+                replace: false,
+            } => {
+                ec2.create_route()
+                    .route_table_id(id(table))
+                    .destination_ipv6_cidr_block(IPV6_DEFAULT_ROUTE)
+                    .egress_only_internet_gateway_id(id(gateway))
+                    .send()
+                    .await
+                    .map_err(fail(EC2, "CreateRoute", id(table)))?;
+                Ok(None)
+            }
+            RouteIpv6Out {
+                table,
+                gateway,
+                replace: true,
+            } => {
+                ec2.replace_route()
+                    .route_table_id(id(table))
+                    .destination_ipv6_cidr_block(IPV6_DEFAULT_ROUTE)
+                    .egress_only_internet_gateway_id(id(gateway))
+                    .send()
+                    .await
+                    .map_err(fail(EC2, "ReplaceRoute", id(table)))?;
+                Ok(None)
+            }
+            TagNat64 { table } => {
+                self.tag(id(table), NAT64_TAG, "true").await?;
+                Ok(None)
+            }
+            EnableDns64 { subnet, table } => {
+                // The record first: a crash in between leaves a tag that
+                // only makes a later release turn off what is off.
+                self.tag(id(table), DNS64_TAG, "on").await?;
+                self.set_dns64(subnet, true).await?;
+                Ok(None)
+            }
+            DisableDns64 { subnet } => {
+                self.set_dns64(subnet, false).await?;
+                Ok(None)
+            }
+            DeleteEgressOnlyGateway { id } => {
+                ec2.delete_egress_only_internet_gateway()
+                    .egress_only_internet_gateway_id(id)
+                    .send()
+                    .await
+                    .map_err(fail(EC2, "DeleteEgressOnlyInternetGateway", id))?;
+                Ok(None)
+            }
             other => unreachable!("{other} is not carried out here"),
         }
+    }
+
+    async fn tag(&self, resource: &str, key: &str, value: &str) -> Result<(), AwsError> {
+        self.ec2
+            .create_tags()
+            .resources(resource)
+            .tags(ec2t::Tag::builder().key(key).value(value).build())
+            .send()
+            .await
+            .map_err(fail(EC2, "CreateTags", resource))?;
+        Ok(())
+    }
+
+    async fn set_dns64(&self, subnet: &str, on: bool) -> Result<(), AwsError> {
+        self.ec2
+            .modify_subnet_attribute()
+            .subnet_id(subnet)
+            .enable_dns64(ec2t::AttributeBooleanValue::builder().value(on).build())
+            .send()
+            .await
+            .map_err(fail(EC2, "ModifySubnetAttribute", subnet))?;
+        Ok(())
     }
 }

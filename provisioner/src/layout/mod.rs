@@ -17,6 +17,8 @@ use crate::model::{has_tag, Image, InstanceTypeInfo, Inventory, GROUP_TAG, SUBNE
 
 mod options;
 
+pub use options::Nat64;
+
 pub const DEFAULT_INSTANCE_TYPE: &str = "t4g.nano";
 
 /// A private subnet to serve: an existing one, or a CIDR to create in an AZ.
@@ -72,6 +74,8 @@ pub struct Request {
     pub alarms: bool,
     /// Served subnets to stop serving (`--remove-private`).
     pub remove: Vec<String>,
+    /// NAT64 for the served subnets' IPv6 clients (`--nat64`).
+    pub nat64: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,6 +89,7 @@ pub struct Layout {
     /// Each NAT's address pool (`nat.addresses`).
     pub addresses: u32,
     pub alarms: bool,
+    pub nat64: Nat64,
     pub zones: Vec<Zone>,
     /// Subnets the group serves today and stops serving.
     pub released: Vec<Released>,
@@ -198,6 +203,8 @@ pub fn resolve(
     if let Err(e) = validate_group(&req.group) {
         errors.push(e);
     }
+    let nat64 = Nat64::of(req, inv);
+    errors.extend(options::check_nat64(nat64, inv));
     if let Err(e) = &image {
         errors.push(e.clone());
     }
@@ -392,6 +399,7 @@ pub fn resolve(
             cloudwatch_metrics: req.cloudwatch_metrics,
             addresses: req.addresses,
             alarms: req.alarms,
+            nat64,
             zones,
             released,
             stale_tables,

@@ -11,6 +11,8 @@ pub fn vpc() -> Inventory {
         id: id.into(),
         az: az.into(),
         cidr: cidr.parse().unwrap(),
+        ipv6_cidr: None,
+        dns64: false,
         tags: Default::default(),
     };
     Inventory {
@@ -78,6 +80,7 @@ pub fn request() -> Request {
         addresses: 1,
         alarms: false,
         remove: vec![],
+        nat64: false,
     }
 }
 
@@ -156,6 +159,8 @@ fn served_vpc() -> Inventory {
         id: "subnet-xb".into(),
         az: "az-b".into(),
         cidr: "10.0.12.0/24".parse().unwrap(),
+        ipv6_cidr: None,
+        dns64: false,
         tags: Default::default(),
     });
     inv.route_tables.push(RouteTable {

@@ -11,6 +11,7 @@ use crate::model::{Peer, Permission, Ref};
 
 pub const SG_KEY: &str = "security group";
 pub const TEMPLATE_KEY: &str = "launch template";
+pub const EGRESS_ONLY_KEY: &str = "egress-only internet gateway";
 
 /// The launch template as planned (its security group may be new).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -112,7 +113,37 @@ pub enum Action {
         group: String,
         name: String,
     },
+    /// Tagged with the group: the NAT64 tables' `::/0` goes to it when the
+    /// VPC has no egress-only internet gateway.
+    CreateEgressOnlyGateway {},
+    /// `::/0` of one of natron's NAT64 tables to the egress-only gateway
+    /// (replacing a route elsewhere when `replace`).
+    RouteIpv6Out {
+        table: Ref,
+        gateway: Ref,
+        replace: bool,
+    },
+    /// Tags one of natron's tables `natron:nat64`: the agent whose NAT the
+    /// default route names gives it a `64:ff9b::/96` route too.
+    TagNat64 {
+        table: Ref,
+    },
+    /// Turns DNS64 on for a served subnet with IPv6, once its table's
+    /// NAT64 route is served by its NAT (before, dual-stack clients would
+    /// be handed addresses they cannot reach); tags the table
+    /// `natron:dns64` first, so that releasing the subnet turns it off.
+    EnableDns64 {
+        subnet: String,
+        table: Ref,
+    },
     // destroy
+    /// Turns DNS64 off where natron turned it on.
+    DisableDns64 {
+        subnet: String,
+    },
+    DeleteEgressOnlyGateway {
+        id: String,
+    },
     RestoreAssociation {
         association: String,
         subnet: String,
@@ -199,6 +230,12 @@ impl Action {
             PutLifecycleHook { .. } => "lifecycle_hook",
             WaitInstancesTerminated { .. } => "instance",
             PutAlarm { .. } | DeleteAlarm { .. } => "cloudwatch_alarm",
+            CreateEgressOnlyGateway { .. } | DeleteEgressOnlyGateway { .. } => {
+                "egress_only_internet_gateway"
+            }
+            RouteIpv6Out { .. } => "route",
+            TagNat64 { .. } => "route_table",
+            EnableDns64 { .. } | DisableDns64 { .. } => "subnet_dns64",
         }
     }
 }
@@ -315,6 +352,28 @@ impl fmt::Display for Action {
             DeleteSecurityGroup { id } => write!(f, "delete security group {id}"),
             DeleteSubnet { id } => write!(f, "delete subnet {id}"),
             PutAlarm { alarm } => write!(f, "put CloudWatch alarm {}", alarm.name),
+            CreateEgressOnlyGateway {} => write!(f, "create an egress-only internet gateway"),
+            RouteIpv6Out {
+                table,
+                gateway,
+                replace,
+            } => write!(
+                f,
+                "{} ::/0 → {gateway} in {table}",
+                if *replace { "point" } else { "add" }
+            ),
+            TagNat64 { table } => write!(
+                f,
+                "tag {table} for NAT64: its NAT adds 64:ff9b::/96 beside 0.0.0.0/0"
+            ),
+            EnableDns64 { subnet, table } => write!(
+                f,
+                "turn DNS64 on for {subnet} once {table}'s NAT64 route is served"
+            ),
+            DisableDns64 { subnet } => write!(f, "turn DNS64 off for {subnet}"),
+            DeleteEgressOnlyGateway { id } => {
+                write!(f, "delete egress-only internet gateway {id}")
+            }
             DeleteAlarm { name } => write!(f, "delete CloudWatch alarm {name}"),
         }
     }
@@ -332,6 +391,7 @@ fn describe_rules(rules: &[Permission]) -> String {
             };
             let peer = match &r.peer {
                 Peer::Cidr(c) => c.to_string(),
+                Peer::Cidr6(c) => c.to_string(),
                 Peer::Group(g) => g.to_string(),
             };
             format!("{proto} from {peer}")

@@ -42,6 +42,7 @@ pub fn destroy(inv: &Inventory, group: &str) -> Plan {
     for t in &tables {
         a.push(Action::DeleteRouteTable { id: t.id.clone() });
     }
+    super::nat64::destroy(inv, group, a, &mut p.notes);
     if let Some(t) = inv
         .launch_template
         .as_ref()
@@ -100,31 +101,33 @@ pub fn destroy(inv: &Inventory, group: &str) -> Plan {
 }
 
 /// Gives each subnet on one of natron's tables its old table back (the
-/// one it had before natron, when that still exists) or the main table.
-/// Used by `destroy` and by an apply that releases a subnet, so both
-/// release it the same way.
+/// one it had before natron, when that still exists) or the main table,
+/// then DNS64 off where natron turned it on. Used by `destroy` and by an
+/// apply that releases a subnet, so both release it the same way.
 pub(super) fn give_back(inv: &Inventory, table: &RouteTable) -> Vec<Action> {
     table
         .associations
         .iter()
-        .filter_map(|x| {
-            let subnet = x.subnet_id.clone()?;
-            Some(
-                match table
-                    .tag(PREVIOUS_TAG)
-                    .filter(|prev| inv.route_table(prev).is_some())
-                {
-                    Some(prev) => Action::RestoreAssociation {
-                        association: x.id.clone(),
-                        subnet,
-                        to: prev.to_string(),
-                    },
-                    None => Action::Disassociate {
-                        association: x.id.clone(),
-                        subnet,
-                    },
+        .flat_map(|x| {
+            let Some(subnet) = x.subnet_id.clone() else {
+                return vec![];
+            };
+            let dns64 = super::nat64::release(inv, table, &subnet);
+            let back = match table
+                .tag(PREVIOUS_TAG)
+                .filter(|prev| inv.route_table(prev).is_some())
+            {
+                Some(prev) => Action::RestoreAssociation {
+                    association: x.id.clone(),
+                    subnet,
+                    to: prev.to_string(),
                 },
-            )
+                None => Action::Disassociate {
+                    association: x.id.clone(),
+                    subnet,
+                },
+            };
+            std::iter::once(back).chain(dns64).collect()
         })
         .collect()
 }

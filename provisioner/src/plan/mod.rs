@@ -16,6 +16,7 @@ mod action;
 mod addresses;
 mod alarms;
 mod destroy;
+mod nat64;
 #[cfg(test)]
 mod tests;
 
@@ -54,10 +55,16 @@ pub fn managing_stack(inv: &Inventory, group: &str) -> Option<String> {
         .find_map(|t| t.get(STACK_TAG).cloned())
 }
 
-/// The ingress the NATs need: everything from the subnets they serve, and
-/// the agent's health port from each other (a rule naming their own group;
-/// for a group still to be created the executor puts in its new id).
-pub fn desired_ingress(layout: &Layout, sg: &Ref, health_port: u16) -> BTreeSet<Permission> {
+/// The ingress the NATs need: everything from the subnets they serve (and
+/// their IPv6 blocks with NAT64), and the agent's health port from each
+/// other (a rule naming their own group; for a group still to be created
+/// the executor puts in its new id).
+pub fn desired_ingress(
+    layout: &Layout,
+    inv: &Inventory,
+    sg: &Ref,
+    health_port: u16,
+) -> BTreeSet<Permission> {
     let mut rules: BTreeSet<Permission> = layout
         .zones
         .iter()
@@ -68,6 +75,7 @@ pub fn desired_ingress(layout: &Layout, sg: &Ref, health_port: u16) -> BTreeSet<
             to_port: None,
             peer: Peer::Cidr(p.cidr),
         })
+        .chain(nat64::ingress(layout, inv))
         .collect();
     rules.insert(Permission {
         protocol: "tcp".into(),
@@ -119,7 +127,7 @@ pub fn plan(
             Ref::New(SG_KEY.into())
         }
     };
-    let want = desired_ingress(layout, &sg_ref, health_port);
+    let want = desired_ingress(layout, inv, &sg_ref, health_port);
     let have: BTreeSet<Permission> = sg
         .map(|g| g.ingress.iter().cloned().collect())
         .unwrap_or_default();
@@ -254,6 +262,8 @@ pub fn plan(
     };
 
     addresses::plan(layout, inv, a);
+    let gateway = nat64::gateway(layout, inv, a, &mut p.notes);
+    nat64::notes(layout, inv, &mut p.notes);
 
     // Route tables, one per private subnet; associations of subnets in use
     // wait for their NAT (below, after the NATs exist).
@@ -304,6 +314,9 @@ pub fn plan(
                     (Ref::New(key), None)
                 }
             };
+            let dns64 = gateway
+                .as_ref()
+                .and_then(|gw| nat64::table(inv, s, &table_ref, current, gw, a));
             let associated = current.is_some_and(|t| {
                 t.associations
                     .iter()
@@ -333,6 +346,7 @@ pub fn plan(
                     a.push(assoc);
                 }
             }
+            late.extend(dns64);
         }
     }
 

@@ -10,7 +10,7 @@ fn layout() -> Layout {
     fixtures::resolve_fixture(&fixtures::request(), &fixtures::vpc()).unwrap()
 }
 
-fn kinds(p: &Plan) -> Vec<String> {
+pub(super) fn kinds(p: &Plan) -> Vec<String> {
     p.actions
         .iter()
         .map(|a| {
@@ -24,7 +24,7 @@ fn kinds(p: &Plan) -> Vec<String> {
 }
 
 /// The security group rule that lets a served subnet in.
-fn all_from(cidr: &str) -> Permission {
+pub(super) fn all_from(cidr: &str) -> Permission {
     Permission {
         protocol: "-1".into(),
         from_port: None,
@@ -43,7 +43,7 @@ fn health_port() -> Permission {
     }
 }
 
-fn group_tags(extra: &[(&str, &str)]) -> Tags {
+pub(super) fn group_tags(extra: &[(&str, &str)]) -> Tags {
     std::iter::once((GROUP_TAG, "g"))
         .chain(extra.iter().copied())
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -125,7 +125,7 @@ fn only_the_difference_is_planned() {
 
 /// An earlier apply serves subnet-xa (10.0.10.0/24, az-a) through rtb-n,
 /// its old table rtb-old kept; the group's security group allows it.
-fn served_before() -> Inventory {
+pub(super) fn served_before() -> Inventory {
     let mut inv = fixtures::vpc();
     inv.route_tables.push(RouteTable {
         id: "rtb-old".into(),

@@ -40,6 +40,41 @@ impl std::fmt::Display for Out {
     }
 }
 
+/// `natron apply` serving the VPC's subnet in use and a new one in AZ b
+/// (waiting up to a minute), with `extra` flags.
+pub fn apply_args(v: &Vpc, group: &str, extra: &[&str]) -> Vec<String> {
+    let new_private = format!("{AZ_B}=10.0.11.0/24");
+    let fixed = [
+        "apply",
+        "--vpc",
+        &v.id,
+        "--group",
+        group,
+        "--private",
+        &v.old_subnet,
+        "--private",
+        &new_private,
+        "--wait-timeout",
+        "60s",
+    ];
+    fixed.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// Asserts that the group's launch template (its latest version) carries
+/// `section` in the agents' user data.
+pub fn assert_user_data(inv: &natron::model::Inventory, section: &str) {
+    let launch = inv
+        .launch_template
+        .as_ref()
+        .and_then(|t| t.latest.as_ref())
+        .expect("the group's launch template, read back");
+    assert!(
+        launch.user_data.contains(section),
+        "{section:?} missing from:\n{}",
+        launch.user_data
+    );
+}
+
 /// The `natron` binary as a user runs it against the emulator: a clean
 /// environment, its own HOME.
 pub fn natron_command(emu: &Loopback, args: &[&str]) -> tokio::process::Command {
@@ -224,7 +259,9 @@ pub async fn vpc(ec2: &aws_sdk_ec2::Client) -> Vpc {
 }
 
 /// Plays the agents: each group route table without a default route gets
-/// one to the running NAT of its AZ, whose source/dest check goes off.
+/// one to the running NAT of its AZ, whose source/dest check goes off; a
+/// table tagged `natron:nat64` gets `64:ff9b::/96` to the NAT its default
+/// route names.
 pub fn fake_agents(ec2: aws_sdk_ec2::Client, group: &'static str) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -235,6 +272,7 @@ pub fn fake_agents(ec2: aws_sdk_ec2::Client, group: &'static str) -> tokio::task
                 .await
                 .unwrap();
             for t in tables.route_tables() {
+                follow_nat64(&ec2, t).await;
                 let has_default = t
                     .routes()
                     .iter()
@@ -284,6 +322,33 @@ pub fn fake_agents(ec2: aws_sdk_ec2::Client, group: &'static str) -> tokio::task
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
+}
+
+/// The agents' NAT64 rule: a table tagged `natron:nat64` whose default
+/// route names a NAT gets `64:ff9b::/96` to it.
+async fn follow_nat64(ec2: &aws_sdk_ec2::Client, t: &aws_sdk_ec2::types::RouteTable) {
+    let tagged = t
+        .tags()
+        .iter()
+        .any(|x| x.key() == Some("natron:nat64") && x.value() != Some("false"));
+    let has = t
+        .routes()
+        .iter()
+        .any(|r| r.destination_ipv6_cidr_block() == Some("64:ff9b::/96"));
+    let nat = t
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .and_then(|r| r.instance_id());
+    if let (true, false, Some(nat)) = (tagged, has, nat) {
+        ec2.create_route()
+            .route_table_id(t.route_table_id().unwrap())
+            .destination_ipv6_cidr_block("64:ff9b::/96")
+            .instance_id(nat)
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 /// Ids of everything in the account tagged natron:group=`group` that

@@ -19,7 +19,7 @@ use super::expr::*;
 
 pub const FAMILY: NfFamily = NfFamily::IP6;
 /// The well-known prefix (RFC 6052) the VPC's DNS64 synthesises addresses in.
-pub const PREFIX: &str = "64:ff9b::/96";
+pub const PREFIX: &str = natron_contract::ec2::NAT64_ROUTE;
 const SOURCES_SET: &str = "sources6";
 const IN_CHAIN: &str = "nat64-in";
 const OUT_CHAIN: &str = "nat64-out";

@@ -38,7 +38,7 @@ pub enum Cmd {
     /// changes nothing.
     Plan {
         /// Show the removal plan of `destroy` instead.
-        #[arg(long, conflicts_with_all = ["azs", "private", "remove_private", "public_subnets", "ami", "ami_name", "ami_owner", "elastic_ip", "cloudwatch_metrics", "addresses", "alarms"])]
+        #[arg(long, conflicts_with_all = ["azs", "private", "remove_private", "public_subnets", "ami", "ami_name", "ami_owner", "elastic_ip", "cloudwatch_metrics", "addresses", "alarms", "nat64"])]
         destroy: bool,
         #[command(flatten)]
         topology: Topology,
@@ -199,4 +199,11 @@ pub struct Topology {
     /// --cloudwatch-metrics; $0.10 a NAT a month each: `natron cost`).
     #[arg(long, requires = "cloudwatch_metrics")]
     pub alarms: bool,
+    /// NAT64 for the served subnets' IPv6 clients (the VPC needs an IPv6
+    /// block): the agents translate 64:ff9b::/96 to IPv4, the subnets' route
+    /// tables get 64:ff9b::/96 to their NAT and ::/0 to an egress-only
+    /// internet gateway (created when the VPC has none), their subnets
+    /// DNS64. Stays on in later applies; `destroy` removes it.
+    #[arg(long)]
+    pub nat64: bool,
 }

@@ -165,6 +165,12 @@ async fn run(cli: Cli, out: &mut Out) -> anyhow::Result<ExitCode> {
                 )
                 .into());
             }
+            if topology.nat64 {
+                return Err(BadInput(
+                    "export does not build NAT64 yet (the egress-only gateway, the IPv6 routes, DNS64): a group with NAT64 is provisioned by `natron apply --nat64`".into(),
+                )
+                .into());
+            }
             let inv = inventory(&cloud, &topology.group).await?;
             let existing = natron::export::existing(&inv, &topology.group.group);
             if !existing.is_empty() {
@@ -320,6 +326,7 @@ async fn prepare(
         addresses: t.addresses,
         alarms: t.alarms,
         remove: t.remove_private.clone(),
+        nat64: t.nat64,
     };
     let layout = layout::resolve(&request, &inv, image, &instance_type)
         .map_err(|errors| BadInput(errors.join("\n")))?;

@@ -4,7 +4,8 @@
 //! a running natron NAT with source/dest check off in the same AZ, that the
 //! NAT's subnet routes to an internet gateway and the NAT has a public
 //! address, and that security groups and network ACLs let a sample flow
-//! (TCP 443 from the subnet to the internet, and its answers) through. Pure.
+//! (TCP 443 from the subnet to the internet, and its answers) through.
+//! With NAT64, the IPv6 path too ([`nat64`]). Pure.
 
 use std::net::Ipv4Addr;
 
@@ -14,6 +15,8 @@ use crate::model::{
     has_tag, AclEntry, Instance, Inventory, Peer, Permission, RouteState, Subnet, GROUP_TAG,
     SUBNET_TAG,
 };
+
+mod nat64;
 
 /// Stands for "the internet" in rule evaluation: rules that open only some
 /// public ranges are not judged.
@@ -77,15 +80,19 @@ pub fn check(inv: &Inventory, group: &str, extra: &[String]) -> Vec<Finding> {
         let before = out.len();
         check_subnet(inv, group, &id, &mut out);
         if out.len() == before {
-            let rt = inv.route_table_of(&id).map_or("?", |t| t.id.as_str());
-            let nat = inv
-                .route_table_of(&id)
+            let table = inv.route_table_of(&id);
+            let rt = table.map_or("?", |t| t.id.as_str());
+            let nat = table
                 .and_then(|t| t.default_route())
                 .map_or("?".into(), |r| r.target());
+            let ipv6 = table
+                .filter(|t| t.serves_nat64())
+                .map(nat64::summary)
+                .unwrap_or_default();
             out.push(Finding {
                 level: Level::Ok,
                 subnet: id,
-                message: format!("{rt} sends 0.0.0.0/0 to natron NAT {nat} in its AZ; security groups and network ACLs allow the traffic"),
+                message: format!("{rt} sends 0.0.0.0/0 to natron NAT {nat} in its AZ{ipv6}; security groups and network ACLs allow the traffic"),
                 fix: String::new(),
             });
         }
@@ -213,6 +220,9 @@ fn check_subnet(inv: &Inventory, group: &str, id: &str, out: &mut Vec<Finding>) 
     check_nat_egress(inv, nat, &mut push);
     check_security_groups(inv, group, nat, subnet, &mut push);
     check_acls(inv, nat, subnet, &mut push);
+    if rt.serves_nat64() {
+        nat64::check(inv, group, nat, subnet, rt, &mut push);
+    }
 }
 
 fn check_nat_egress(inv: &Inventory, nat: &Instance, push: &mut impl FnMut(Level, String, &str)) {
@@ -315,11 +325,16 @@ fn check_security_groups(
 }
 
 fn permits(p: &Permission, port: u16, peer_ok: impl Fn(&ipnet::Ipv4Net) -> bool) -> bool {
-    let proto = p.protocol == "-1"
+    permits_tcp(p, port) && matches!(&p.peer, Peer::Cidr(c) if peer_ok(c))
+}
+
+/// Whether a rule's protocol and ports let TCP `port` through, whoever
+/// the peer.
+fn permits_tcp(p: &Permission, port: u16) -> bool {
+    p.protocol == "-1"
         || (p.protocol == "tcp" || p.protocol == "6")
             && p.from_port.unwrap_or(0) <= i32::from(port)
-            && i32::from(port) <= p.to_port.unwrap_or(65535);
-    proto && matches!(&p.peer, Peer::Cidr(c) if peer_ok(c))
+            && i32::from(port) <= p.to_port.unwrap_or(65535)
 }
 
 fn check_acls(
@@ -415,77 +430,4 @@ pub fn acl_denies(entries: &[AclEntry], egress: bool, peer: Ipv4Addr, port: u16)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(
-        number: i32,
-        egress: bool,
-        allow: bool,
-        cidr: &str,
-        ports: Option<(u16, u16)>,
-    ) -> AclEntry {
-        AclEntry {
-            number,
-            egress,
-            protocol: if ports.is_some() { "6" } else { "-1" }.into(),
-            allow,
-            cidr: cidr.parse().unwrap(),
-            ports,
-        }
-    }
-
-    #[test]
-    fn acl_lowest_matching_rule_decides() {
-        let entries = vec![
-            entry(100, false, true, "0.0.0.0/0", Some((1024, 65535))),
-            entry(90, false, false, "198.51.100.0/24", None),
-            entry(32767, false, false, "0.0.0.0/0", None),
-        ];
-        assert!(acl_denies(&entries, false, SAMPLE_INTERNET, 32768)
-            .unwrap()
-            .contains("rule 90"));
-        assert_eq!(
-            acl_denies(&entries, false, "192.0.2.1".parse().unwrap(), 32768),
-            None
-        );
-        assert!(
-            acl_denies(&entries, false, "192.0.2.1".parse().unwrap(), 443)
-                .unwrap()
-                .contains("rule 32767")
-        );
-        assert_eq!(
-            acl_denies(&entries, true, SAMPLE_INTERNET, 443).as_deref(),
-            Some("no rule allows it")
-        );
-    }
-
-    #[test]
-    fn security_group_rules_match_protocol_port_and_peer() {
-        let p = |proto: &str, ports: Option<(i32, i32)>, cidr: &str| Permission {
-            protocol: proto.into(),
-            from_port: ports.map(|p| p.0),
-            to_port: ports.map(|p| p.1),
-            peer: Peer::Cidr(cidr.parse().unwrap()),
-        };
-        let subnet: ipnet::Ipv4Net = "10.0.10.0/24".parse().unwrap();
-        let covers = |c: &ipnet::Ipv4Net| c.contains(&subnet);
-        assert!(permits(&p("-1", None, "10.0.0.0/16"), 443, covers));
-        assert!(permits(
-            &p("tcp", Some((443, 443)), "10.0.10.0/24"),
-            443,
-            covers
-        ));
-        assert!(!permits(
-            &p("tcp", Some((80, 80)), "10.0.10.0/24"),
-            443,
-            covers
-        ));
-        assert!(!permits(&p("-1", None, "10.0.10.0/25"), 443, covers));
-        assert!(!permits(
-            &p("udp", Some((0, 65535)), "0.0.0.0/0"),
-            443,
-            covers
-        ));
-    }
-}
+mod tests;
