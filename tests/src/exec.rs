@@ -60,11 +60,21 @@ pub fn ip(ns: &str, args: &[&str]) -> Result<String, LabError> {
 
 /// `ip -n NS -batch -` with one command per line (stops at the first error).
 pub fn ip_batch(ns: &str, lines: &[String]) -> Result<(), LabError> {
+    batch(&["-n", ns], lines)
+}
+
+/// `ip -6 -n NS -batch -`: the same for IPv6 routes and rules.
+pub fn ip6_batch(ns: &str, lines: &[String]) -> Result<(), LabError> {
+    batch(&["-6", "-n", ns], lines)
+}
+
+fn batch(options: &[&str], lines: &[String]) -> Result<(), LabError> {
     if lines.is_empty() {
         return Ok(());
     }
     let text = lines.join("\n") + "\n";
-    run_with_input("ip", &["-n", ns, "-batch", "-"], Some(&text)).map(|_| ())
+    let args: Vec<&str> = options.iter().copied().chain(["-batch", "-"]).collect();
+    run_with_input("ip", &args, Some(&text)).map(|_| ())
 }
 
 /// Runs `program args` inside namespace `ns` and returns its stdout.

@@ -14,6 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// The internet side of the IGW.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The server's IPv6 address, behind the VPC's egress-only gateway (whose
+/// address on that link is [`GATEWAY6`]).
+pub const SERVER6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 6, 0, 0, 0, 0, 0x10);
+pub const GATEWAY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 6, 0, 0, 0, 0, 1);
 pub const HTTP_PORT: u16 = 80;
 pub const STREAM_PORT: u16 = 9000;
 /// Echoes every byte back, for connections held open across events.
@@ -24,9 +28,11 @@ pub const BULK_PORT: u16 = 9002;
 pub const UDP_ECHO_PORT: u16 = 9003;
 
 /// HTTP on :80 (`/` answers ok, `/whoami` the caller's address as seen
-/// here) and the stream service on :9000. Runs until the runtime stops.
+/// here; on IPv4 and at [`SERVER6`]) and the stream service on :9000. Runs
+/// until the runtime stops.
 pub async fn serve() -> std::io::Result<()> {
     let http = TcpListener::bind((Ipv4Addr::UNSPECIFIED, HTTP_PORT)).await?;
+    let http6 = TcpListener::bind((SERVER6, HTTP_PORT)).await?;
     let stream = TcpListener::bind((Ipv4Addr::UNSPECIFIED, STREAM_PORT)).await?;
     let echo = TcpListener::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT)).await?;
     let bulk = TcpListener::bind((Ipv4Addr::UNSPECIFIED, BULK_PORT)).await?;
@@ -54,13 +60,16 @@ pub async fn serve() -> std::io::Result<()> {
         "/whoami",
         get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { format!("{peer}\n") }),
     );
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
-    });
+    for listener in [http, http6] {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+    }
     tokio::spawn(async move {
         while let Ok((socket, _)) = stream.accept().await {
             tokio::spawn(stream_to(socket));

@@ -9,6 +9,7 @@
 pub mod boot;
 pub mod conntrack;
 pub mod dataplane;
+pub mod dns64;
 pub mod ec2proxy;
 pub mod emulator;
 pub mod exec;

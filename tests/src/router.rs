@@ -15,11 +15,17 @@
 //!   not its own address and packets to it whose destination is not.
 //! - The IGW maps each private IP that has a public IP (or Elastic IP) 1:1,
 //!   statelessly, and drops anything from an address without one.
+//! - IPv6 routes are routed the same way by incoming interface: the VPC
+//!   block's `local` route, an instance route to the instance's link-local
+//!   address (as to an ENI), and an egress-only internet gateway route to
+//!   the lab's egress-only gateway, which forwards what goes out and only
+//!   the answers back (stateful, no translation).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::fmt::Display;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::vpc::{Target, VpcView};
 use crate::{exec, LabError};
@@ -33,13 +39,19 @@ pub const ROUTER_IGW_DEV: &str = "igw0";
 /// IGW-side device names.
 pub const IGW_VPC_DEV: &str = "vpc0";
 pub const IGW_INET_DEV: &str = "inet0";
+/// The router's link to the egress-only gateway, and the gateway's own
+/// address on it (both ends carry the same device names as the IGW's).
+pub const ROUTER_EIGW_DEV: &str = "eigw0";
+pub const ROUTER_EIGW_ADDR: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe16, 0, 0, 0, 0, 0, 1);
+pub const EIGW_ADDR: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe16, 0, 0, 0, 0, 0, 2);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hop {
-    /// Continue with the delivery table (the VPC's local route).
+pub enum Hop<A = Ipv4Addr> {
+    /// Continue with the delivery table (the VPC's local route; for IPv6,
+    /// the router's own connected routes).
     Local,
     Via {
-        gateway: Ipv4Addr,
+        gateway: A,
         dev: String,
     },
     Blackhole,
@@ -52,6 +64,8 @@ pub type Attachments = BTreeMap<String, String>;
 pub struct RouterConfig {
     /// Kernel table id -> destination -> hop.
     pub tables: BTreeMap<u32, BTreeMap<Ipv4Net, Hop>>,
+    /// The same for IPv6 (same table ids and rules).
+    pub tables6: BTreeMap<u32, BTreeMap<Ipv6Net, Hop<Ipv6Addr>>>,
     /// Router interface -> kernel table its incoming packets are routed by.
     pub rules: BTreeMap<String, u32>,
     /// Router interface -> the only address allowed through it (check on).
@@ -108,6 +122,14 @@ pub fn render(view: &VpcView, attachments: &Attachments, ids: &mut TableIds) -> 
             routes.insert(*dest, hop);
         }
         config.tables.insert(ids.get(&table.id), routes);
+        let routes6: BTreeMap<Ipv6Net, Hop<Ipv6Addr>> = table
+            .routes6
+            .iter()
+            .map(|(dest, target)| (*dest, hop6(view, attachments, target)))
+            .collect();
+        if !routes6.is_empty() {
+            config.tables6.insert(ids.get(&table.id), routes6);
+        }
     }
     for i in &view.instances {
         let Some(dev) = attachments.get(&i.id) else {
@@ -145,16 +167,59 @@ pub fn render(view: &VpcView, attachments: &Attachments, ids: &mut TableIds) -> 
     config
 }
 
+/// An IPv6 route's hop: an instance by its link-local address (the
+/// kernel's, from the ENI's MAC), the egress-only gateway, or the VPC.
+fn hop6(view: &VpcView, attachments: &Attachments, target: &Target) -> Hop<Ipv6Addr> {
+    let instance = view.instances.iter().find(|i| match target {
+        Target::Interface(eni) => &i.interface_id == eni,
+        Target::Instance(id) => &i.id == id,
+        _ => false,
+    });
+    match (target, instance) {
+        (Target::Local, _) => Hop::Local,
+        (Target::EgressOnlyGateway(_), _) => Hop::Via {
+            gateway: EIGW_ADDR,
+            dev: ROUTER_EIGW_DEV.into(),
+        },
+        (_, Some(i)) if i.state == "running" => {
+            match (attachments.get(&i.id), crate::vpc::link_local(&i.mac).ok()) {
+                (Some(dev), Some(gateway)) => Hop::Via {
+                    gateway,
+                    dev: dev.clone(),
+                },
+                _ => Hop::Blackhole,
+            }
+        }
+        _ => Hop::Blackhole,
+    }
+}
+
 /// `ip route` commands turning `old` tables into `new` ones, changing only
 /// what differs (replace is atomic per route: no gap in forwarding).
 pub fn route_commands(old: &RouterConfig, new: &RouterConfig) -> Vec<String> {
+    let mut cmds = table_commands(&old.tables, &new.tables);
+    cmds.extend(rule_commands(old, new));
+    cmds
+}
+
+/// The same for IPv6, run with `ip -6` (rules included: the same
+/// interfaces route by the same tables).
+pub fn route6_commands(old: &RouterConfig, new: &RouterConfig) -> Vec<String> {
+    let mut cmds = table_commands(&old.tables6, &new.tables6);
+    cmds.extend(rule_commands(old, new));
+    cmds
+}
+
+fn table_commands<N: Ord + Display, A: PartialEq + Display>(
+    old: &BTreeMap<u32, BTreeMap<N, Hop<A>>>,
+    new: &BTreeMap<u32, BTreeMap<N, Hop<A>>>,
+) -> Vec<String> {
     let mut cmds = Vec::new();
     let empty = BTreeMap::new();
-    let tables: std::collections::BTreeSet<&u32> =
-        new.tables.keys().chain(old.tables.keys()).collect();
+    let tables: std::collections::BTreeSet<&u32> = new.keys().chain(old.keys()).collect();
     for table in tables {
-        let routes = new.tables.get(table).unwrap_or(&empty);
-        let before = old.tables.get(table).unwrap_or(&empty);
+        let routes = new.get(table).unwrap_or(&empty);
+        let before = old.get(table).unwrap_or(&empty);
         for (dest, hop) in routes {
             if before.get(dest) != Some(hop) {
                 cmds.push(match hop {
@@ -178,6 +243,11 @@ pub fn route_commands(old: &RouterConfig, new: &RouterConfig) -> Vec<String> {
             }
         }
     }
+    cmds
+}
+
+fn rule_commands(old: &RouterConfig, new: &RouterConfig) -> Vec<String> {
+    let mut cmds = Vec::new();
     for (dev, table) in &new.rules {
         match old.rules.get(dev) {
             Some(t) if t == table => {}
@@ -258,6 +328,7 @@ pub fn apply(
     let empty = RouterConfig::default();
     let before = old.unwrap_or(&empty);
     exec::ip_batch(router_ns, &route_commands(before, new))?;
+    exec::ip6_batch(router_ns, &route6_commands(before, new))?;
     if old.is_none() || before.source_dest_check != new.source_dest_check {
         exec::nft_script(router_ns, &source_dest_check_script(new))?;
     }
@@ -316,6 +387,7 @@ mod tests {
                             Target::InternetGateway("igw-1".into()),
                         ),
                     ],
+                    routes6: vec![],
                 },
                 RouteTableView {
                     id: "rtb-priv".into(),
@@ -328,6 +400,7 @@ mod tests {
                             Target::Interface("eni-nat".into()),
                         ),
                     ],
+                    routes6: vec![],
                 },
             ],
         }
@@ -441,6 +514,53 @@ mod tests {
             vec![format!(
                 "route replace 0.0.0.0/0 via 10.0.10.10 dev i-cli onlink table {private}"
             )]
+        );
+    }
+
+    #[test]
+    fn ipv6_routes_go_to_the_egress_only_gateway_and_to_instances_by_link_local() {
+        let mut v = view();
+        v.route_tables[1].routes6 = vec![
+            ("2600:1f18::/56".parse().unwrap(), Target::Local),
+            (
+                "::/0".parse().unwrap(),
+                Target::EgressOnlyGateway("eigw-1".into()),
+            ),
+            (
+                "64:ff9b::/96".parse().unwrap(),
+                Target::Interface("eni-nat".into()),
+            ),
+        ];
+        let mut ids = TableIds::default();
+        let c = render(&v, &attachments(), &mut ids);
+        let private = ids.get("rtb-priv");
+        let hops = &c.tables6[&private];
+        assert_eq!(
+            hops[&"::/0".parse().unwrap()],
+            Hop::Via {
+                gateway: EIGW_ADDR,
+                dev: ROUTER_EIGW_DEV.into()
+            }
+        );
+        assert_eq!(
+            hops[&"64:ff9b::/96".parse().unwrap()],
+            Hop::Via {
+                gateway: "fe80::ff:fe00:1".parse().unwrap(),
+                dev: "i-nat".into()
+            },
+            "the NAT's link-local address, from its MAC"
+        );
+        assert!(!c.tables6.contains_key(&ids.get("rtb-main")));
+        let cmds = route6_commands(&RouterConfig::default(), &c);
+        assert!(cmds.contains(&format!(
+            "route replace ::/0 via {EIGW_ADDR} dev {ROUTER_EIGW_DEV} onlink table {private}"
+        )));
+        assert!(cmds.contains(&format!("rule add pref 200 iif i-cli lookup {private}")));
+        v.instances[0].state = "stopped".into();
+        let stopped = render(&v, &attachments(), &mut ids);
+        assert_eq!(
+            stopped.tables6[&private][&"64:ff9b::/96".parse().unwrap()],
+            Hop::Blackhole
         );
     }
 

@@ -2,7 +2,7 @@
 //! gateway and metadata stub are driven by.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
@@ -45,12 +45,16 @@ pub struct RouteTableView {
     pub main: bool,
     pub subnets: Vec<String>,
     pub routes: Vec<(Ipv4Net, Target)>,
+    /// Its IPv6 routes (the VPC block's local route, `::/0` to an
+    /// egress-only gateway, `64:ff9b::/96` to a NAT).
+    pub routes6: Vec<(Ipv6Net, Target)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Local,
     InternetGateway(String),
+    EgressOnlyGateway(String),
     Interface(String),
     Instance(String),
     Other(String),
@@ -79,6 +83,44 @@ impl VpcView {
             .iter()
             .find(|(d, _)| d.prefix_len() == 0)
             .map(|(_, t)| t.clone())
+    }
+}
+
+/// The link-local address the kernel derives from a MAC (modified EUI-64).
+pub fn link_local(mac: &str) -> Result<Ipv6Addr, LabError> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| LabError::Setup(format!("{mac:?} is not a MAC address")))?;
+    let [a, b, c, d, e, f] = bytes[..] else {
+        return Err(LabError::Setup(format!("{mac:?} is not a MAC address")));
+    };
+    Ok(Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([a ^ 0x02, b]),
+        u16::from_be_bytes([c, 0xff]),
+        u16::from_be_bytes([0xfe, d]),
+        u16::from_be_bytes([e, f]),
+    ))
+}
+
+fn target(r: &aws_sdk_ec2::types::Route) -> Target {
+    if let Some(eni) = r.network_interface_id() {
+        Target::Interface(eni.into())
+    } else if let Some(i) = r.instance_id() {
+        Target::Instance(i.into())
+    } else if r.gateway_id() == Some("local") {
+        Target::Local
+    } else if let Some(g) = r.gateway_id().filter(|g| g.starts_with("igw-")) {
+        Target::InternetGateway(g.into())
+    } else if let Some(g) = r.egress_only_internet_gateway_id() {
+        Target::EgressOnlyGateway(g.into())
+    } else {
+        Target::Other(format!("{r:?}"))
     }
 }
 
@@ -197,21 +239,12 @@ pub async fn read(ec2: &Client, vpc_id: &str) -> Result<VpcView, LabError> {
         let routes = t
             .routes()
             .iter()
-            .filter_map(|r| {
-                let dest: Ipv4Net = r.destination_cidr_block()?.parse().ok()?;
-                let target = if let Some(eni) = r.network_interface_id() {
-                    Target::Interface(eni.into())
-                } else if let Some(i) = r.instance_id() {
-                    Target::Instance(i.into())
-                } else if r.gateway_id() == Some("local") {
-                    Target::Local
-                } else if let Some(g) = r.gateway_id().filter(|g| g.starts_with("igw-")) {
-                    Target::InternetGateway(g.into())
-                } else {
-                    Target::Other(format!("{r:?}"))
-                };
-                Some((dest, target))
-            })
+            .filter_map(|r| Some((r.destination_cidr_block()?.parse().ok()?, target(r))))
+            .collect();
+        let routes6 = t
+            .routes()
+            .iter()
+            .filter_map(|r| Some((r.destination_ipv6_cidr_block()?.parse().ok()?, target(r))))
             .collect();
         route_tables.push(RouteTableView {
             id: t.route_table_id().unwrap_or_default().to_string(),
@@ -222,6 +255,7 @@ pub async fn read(ec2: &Client, vpc_id: &str) -> Result<VpcView, LabError> {
                 .filter_map(|a| a.subnet_id().map(str::to_string))
                 .collect(),
             routes,
+            routes6,
         });
     }
     route_tables.sort_by(|a, b| a.id.cmp(&b.id));

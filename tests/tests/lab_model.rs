@@ -256,3 +256,110 @@ fn two_azs_each_served_by_their_own_nat() {
         "{status:?}"
     );
 }
+
+/// The packets the lab's egress-only gateway refused (rule `refused`).
+fn eigw_refused(lab: &Lab) -> u64 {
+    let table = lab
+        .nft_table(&lab.eigw_ns, "ip6", "eigw")
+        .expect("table ip6 eigw");
+    table["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .find(|r| r["comment"] == "refused")
+        .and_then(|r| {
+            r["expr"]
+                .as_array()?
+                .iter()
+                .find_map(|e| e["counter"]["packets"].as_u64())
+        })
+        .expect("rule refused with a counter")
+}
+
+/// IPv6 as in a VPC with an egress-only internet gateway: the client's
+/// IPv6 follows its table's `::/0`, rendered from the emulator, to the
+/// gateway and not to a NAT; the server sees the client's own address (no
+/// translation); a connection from the internet to the client is dropped
+/// at the gateway and counted; the route deleted, the way out is gone.
+#[test]
+fn ipv6_leaves_through_the_egress_only_gateway_which_lets_only_answers_in() {
+    use std::net::{IpAddr, Ipv6Addr};
+    let lab = Lab::start(LabSpec::with_azs(1)).unwrap();
+    let client = lab.ipv6_client(0).unwrap();
+    let ns = lab.clients[0].ns.clone();
+    let get = || {
+        lab.run_in(
+            &ns,
+            natron_lab::internet::http_get_from(
+                IpAddr::V6(natron_lab::internet::SERVER6),
+                "/whoami",
+                Duration::from_secs(2),
+            ),
+        )
+    };
+    assert!(get().is_err(), "no ::/0 yet: no IPv6 way out");
+
+    let table = lab.private_tables[0].clone();
+    lab.route_ipv6_out(&table).unwrap();
+    let seen = lab
+        .wait_for(
+            "the client reaches the IPv6 server through the egress-only gateway",
+            Duration::from_secs(10),
+            || get().ok(),
+        )
+        .unwrap();
+    let (ip, _port) = seen.trim().rsplit_once(':').expect("[ip]:port");
+    let ip: Ipv6Addr = ip.trim_matches(['[', ']']).parse().unwrap();
+    assert_eq!(ip, client, "the gateway does not translate");
+    let route = natron_lab::exec::in_ns(
+        &lab.router_ns,
+        "ip",
+        &[
+            "-6",
+            "route",
+            "get",
+            &natron_lab::internet::SERVER6.to_string(),
+            "from",
+            &client.to_string(),
+            "iif",
+            &lab.clients[0].router_dev,
+        ],
+    )
+    .unwrap();
+    assert!(
+        route.contains(natron_lab::router::ROUTER_EIGW_DEV),
+        "through the egress-only gateway, not a NAT: {route}"
+    );
+
+    // From the internet to a listening client: dropped at the gateway.
+    let _listener = lab
+        .run_in(&ns, async { std::net::TcpListener::bind("[::]:8080") })
+        .unwrap();
+    let refused = eigw_refused(&lab);
+    let inbound = lab.run_in(&lab.inet_ns.clone(), async move {
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((client, 8080)),
+        )
+        .await
+    });
+    assert!(inbound.is_err(), "no way in: {inbound:?}");
+    assert!(eigw_refused(&lab) > refused, "counted as refused");
+
+    // The route deleted in the emulator: the router follows.
+    lab.ec2(|ec2| async move {
+        ec2.delete_route()
+            .route_table_id(table)
+            .destination_ipv6_cidr_block("::/0")
+            .send()
+            .await
+            .unwrap();
+    });
+    lab.wait_for(
+        "the client loses its IPv6 way out",
+        Duration::from_secs(10),
+        || get().is_err().then_some(()),
+    )
+    .unwrap();
+}

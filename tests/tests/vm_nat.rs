@@ -327,16 +327,16 @@ fn the_image_fails_over_to_a_namespace_nat_and_back() {
 }
 
 /// NAT64 on the image's kernel (its Jool): an IPv6 client in the VPC's
-/// IPv6 block reaches the IPv4-only internet server at its `64:ff9b::`
-/// address over TCP (a 10 MB download too), UDP and ping, seen there as
-/// the NAT's Elastic IP with a port of NAT64's range; IPv4 clients still
-/// egress beside it; a source outside the VPC's IPv6 blocks is refused and
-/// counted. (No DNS64 resolver, egress-only gateway or IPv6 route sync in
-/// the lab yet: the client uses the address DNS64 would give.)
+/// IPv6 block finds the IPv4-only internet server by name through the
+/// VPC's DNS64 resolver and reaches it at that `64:ff9b::` address over
+/// TCP (a 10 MB download too), UDP and ping, seen there as the NAT's
+/// Elastic IP with a port of NAT64's range; IPv4 clients still egress
+/// beside it; a source outside the VPC's IPv6 blocks is refused and
+/// counted. (No egress-only gateway or IPv6 route sync in the lab yet.)
 #[test]
 #[ignore = "needs the built image: cargo xtask test runs it"]
 fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
-    use natron_lab::lab::nat64_address;
+    use natron_lab::lab::{nat64_address, SERVER_NAME};
     use std::net::IpAddr;
     let lab = Lab::start(LabSpec::with_azs(1).with_vm_nat(0, image())).unwrap();
     let mut config = lab.vm_nat_config();
@@ -363,7 +363,19 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
 
     let client = lab.clients[0].ns.clone();
     lab.nat64_client(0).unwrap();
-    let server = IpAddr::V6(nat64_address(internet::SERVER));
+    let resolver = lab.dns64_resolver().unwrap();
+    let found = lab
+        .run_in(
+            &client,
+            natron_lab::dns64::resolve(resolver, SERVER_NAME, Duration::from_secs(3)),
+        )
+        .unwrap_or_else(|e| panic!("DNS64 from the IPv6 client: {e}"));
+    assert_eq!(
+        found,
+        vec![nat64_address(internet::SERVER)],
+        "{SERVER_NAME}, IPv4 only, synthesized in 64:ff9b::/96"
+    );
+    let server = IpAddr::V6(found[0]);
     let seen = lab
         .wait_for(
             "the IPv6 client reaches the server through NAT64",

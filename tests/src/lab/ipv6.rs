@@ -2,16 +2,30 @@
 //! IPv6 block, the router forwarding IPv6, and `64:ff9b::/96` delivered to
 //! the VM NAT (the image, whose kernel has Jool).
 //!
-//! Not yet built: IPv6 routes rendered from the emulator's route tables
-//! (the router's `64:ff9b::/96` route is set here, to the VM NAT, not
-//! synced), an egress-only internet gateway and a DNS64 resolver.
+//! The VPC's DNS64 resolver answers at Route 53 Resolver's IPv6 address on
+//! the router ([`crate::dns64`]). The router renders the route tables'
+//! IPv6 routes from the emulator (`crate::router`), `::/0` to the lab's
+//! egress-only gateway among them ([`Lab::route_ipv6_out`]).
+//!
+//! Not yet built: the VM NAT's `64:ff9b::/96` route is set here by hand
+//! (its agent's NAT64 route in the emulator is not what the client's
+//! packets follow yet).
 
 use std::net::Ipv6Addr;
 
 use ipnet::Ipv6Net;
 
+pub use crate::vpc::link_local;
+
+use super::provision::emu;
 use super::Lab;
 use crate::{exec, LabError};
+
+/// Route 53 Resolver's IPv6 address in every VPC (Nitro instances).
+pub const RESOLVER_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x253);
+/// The lab's internet server by name: IPv4 only, so DNS64 synthesizes its
+/// `AAAA`.
+pub const SERVER_NAME: &str = "internet.natron.lab";
 
 /// The well-known NAT64 prefix's address for an IPv4 address (RFC 6052).
 pub fn nat64_address(v4: std::net::Ipv4Addr) -> Ipv6Addr {
@@ -26,28 +40,6 @@ pub fn nat64_address(v4: std::net::Ipv4Addr) -> Ipv6Addr {
         u16::from_be_bytes([a, b]),
         u16::from_be_bytes([c, d]),
     )
-}
-
-/// The link-local address the kernel derives from a MAC (modified EUI-64).
-pub fn link_local(mac: &str) -> Result<Ipv6Addr, LabError> {
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| LabError::Setup(format!("{mac:?} is not a MAC address")))?;
-    let [a, b, c, d, e, f] = bytes[..] else {
-        return Err(LabError::Setup(format!("{mac:?} is not a MAC address")));
-    };
-    Ok(Ipv6Addr::new(
-        0xfe80,
-        0,
-        0,
-        0,
-        u16::from_be_bytes([a ^ 0x02, b]),
-        u16::from_be_bytes([c, 0xff]),
-        u16::from_be_bytes([0xfe, d]),
-        u16::from_be_bytes([e, f]),
-    ))
 }
 
 /// The `n`th /64 of `block`.
@@ -72,31 +64,18 @@ impl Lab {
     }
 
     /// Gives AZ `az`'s client an address in the VPC's IPv6 block (its
-    /// subnet's /64) and a default route to the router, makes the router
-    /// forward IPv6, and sends `64:ff9b::/96` to the VM NAT by its
-    /// link-local address (as the VPC router delivers to an ENI). Returns
-    /// the client's address.
-    pub fn nat64_client(&self, az: usize) -> Result<Ipv6Addr, LabError> {
-        let vm = self.vm_nat()?;
+    /// subnet's /64) and a default route to the router. Returns it.
+    pub fn ipv6_client(&self, az: usize) -> Result<Ipv6Addr, LabError> {
         let subnet = nth_64(self.vpc_ipv6()?, 16 + az as u32)?;
         let gateway = subnet.hosts().nth(1).expect("a /64 has hosts");
         let client = subnet.hosts().nth(10).expect("a /64 has hosts");
-        let (rtr, cli) = (&self.router_ns, &self.clients[az]);
-        exec::in_ns(
-            rtr,
-            "sysctl",
-            &["-q", "-w", "net.ipv6.conf.all.forwarding=1"],
-        )?;
+        let cli = &self.clients[az];
         exec::ip_batch(
-            rtr,
-            &[
-                format!("addr add {gateway}/64 dev {} nodad", cli.router_dev),
-                format!(
-                    "route replace 64:ff9b::/96 via {} dev {}",
-                    link_local(vm.mac())?,
-                    self.nats[vm.az].router_dev
-                ),
-            ],
+            &self.router_ns,
+            &[format!(
+                "addr add {gateway}/64 dev {} nodad",
+                cli.router_dev
+            )],
         )?;
         exec::ip_batch(
             &cli.ns,
@@ -106,6 +85,83 @@ impl Lab {
             ],
         )?;
         Ok(client)
+    }
+
+    /// [`Lab::ipv6_client`], and `64:ff9b::/96` from the router to the VM
+    /// NAT by its link-local address (as the VPC router delivers to an
+    /// ENI). Returns the client's address.
+    pub fn nat64_client(&self, az: usize) -> Result<Ipv6Addr, LabError> {
+        let vm = self.vm_nat()?;
+        let client = self.ipv6_client(az)?;
+        exec::ip_batch(
+            &self.router_ns,
+            &[format!(
+                "route replace 64:ff9b::/96 via {} dev {}",
+                link_local(vm.mac())?,
+                self.nats[vm.az].router_dev
+            )],
+        )?;
+        Ok(client)
+    }
+
+    /// Sends `table`'s `::/0` to the VPC's egress-only internet gateway in
+    /// the emulator (creating the gateway the first time), as `natron
+    /// apply --nat64` does; the router follows within its sync. Returns
+    /// the gateway's id.
+    pub fn route_ipv6_out(&self, table: &str) -> Result<String, LabError> {
+        let (table, vpc) = (table.to_string(), self.vpc_id.clone());
+        self.ec2(|ec2| async move {
+            let existing = ec2
+                .describe_egress_only_internet_gateways()
+                .send()
+                .await
+                .map_err(emu("DescribeEgressOnlyInternetGateways"))?;
+            let found = existing
+                .egress_only_internet_gateways()
+                .iter()
+                .find(|g| g.attachments().iter().any(|a| a.vpc_id() == Some(&vpc)))
+                .and_then(|g| g.egress_only_internet_gateway_id())
+                .map(str::to_string);
+            let id = match found {
+                Some(id) => id,
+                None => ec2
+                    .create_egress_only_internet_gateway()
+                    .vpc_id(&vpc)
+                    .send()
+                    .await
+                    .map_err(emu("CreateEgressOnlyInternetGateway"))?
+                    .egress_only_internet_gateway()
+                    .and_then(|g| g.egress_only_internet_gateway_id())
+                    .map(str::to_string)
+                    .ok_or_else(|| LabError::Emulator("no egress-only gateway id".into()))?,
+            };
+            ec2.create_route()
+                .route_table_id(&table)
+                .destination_ipv6_cidr_block(natron_contract::ec2::IPV6_DEFAULT_ROUTE)
+                .egress_only_internet_gateway_id(&id)
+                .send()
+                .await
+                .map_err(emu("CreateRoute ::/0"))?;
+            Ok(id)
+        })
+    }
+
+    /// Starts the VPC's DNS64 resolver on the router at [`RESOLVER_IPV6`]
+    /// (the clients' IPv6 default route goes there), knowing the internet
+    /// server as [`SERVER_NAME`]. Returns its address.
+    pub fn dns64_resolver(&self) -> Result<std::net::IpAddr, LabError> {
+        exec::ip_batch(
+            &self.router_ns,
+            &[format!("addr replace {RESOLVER_IPV6}/128 dev lo")],
+        )?;
+        let addr = std::net::SocketAddr::from((RESOLVER_IPV6, 53));
+        let socket = self
+            .run_in(&self.router_ns, tokio::net::UdpSocket::bind(addr))
+            .map_err(|e| LabError::Setup(format!("DNS64 resolver on {addr}: {e}")))?;
+        let names = [(SERVER_NAME.to_string(), crate::internet::SERVER)].into();
+        // Lives as long as the router's runtime, the lab's.
+        drop(self.spawn_in(&self.router_ns, crate::dns64::serve(socket, names)));
+        Ok(RESOLVER_IPV6.into())
     }
 
     /// A second address on AZ `az`'s client, outside every IPv6 block of

@@ -49,7 +49,7 @@ pub use agents::{
     agent_binary, default_config, failover_config, fast_config, AgentConfig, AgentId,
     NO_ENV_CREDENTIALS,
 };
-pub use ipv6::{link_local, nat64_address};
+pub use ipv6::{link_local, nat64_address, RESOLVER_IPV6, SERVER_NAME};
 pub use observe::masked_lines;
 pub use paths::VPC_MTU;
 use provision::provision;
@@ -91,6 +91,8 @@ pub struct Lab {
     pub router_ns: String,
     pub igw_ns: String,
     pub inet_ns: String,
+    /// The VPC's egress-only internet gateway (IPv6 out, answers in).
+    pub eigw_ns: String,
     pub vpc_id: String,
     pub nats: Vec<Host>,
     pub clients: Vec<Host>,
@@ -135,13 +137,19 @@ impl Lab {
         let mut cleanup = Cleanup::default();
         cleanup.dir = Some(dir.clone());
         let name = |role: &str| format!("{base}{role}");
-        let (ctl_ns, router_ns, igw_ns, inet_ns) =
-            (name("ctl"), name("rtr"), name("igw"), name("inet"));
-        for ns in [&ctl_ns, &router_ns, &igw_ns, &inet_ns] {
+        let (ctl_ns, router_ns, igw_ns, inet_ns, eigw_ns) = (
+            name("ctl"),
+            name("rtr"),
+            name("igw"),
+            name("inet"),
+            name("eigw"),
+        );
+        for ns in [&ctl_ns, &router_ns, &igw_ns, &inet_ns, &eigw_ns] {
             netns::create(ns)?;
             cleanup.namespaces.push(ns.clone());
         }
         wire_backbone(&ctl_ns, &router_ns, &igw_ns, &inet_ns)?;
+        wiring::wire_egress_only(&router_ns, &eigw_ns, &inet_ns)?;
 
         cleanup
             .children
@@ -275,6 +283,7 @@ impl Lab {
             router_ns,
             igw_ns,
             inet_ns,
+            eigw_ns,
             vpc_id: provisioned.vpc_id,
             nats,
             clients,

@@ -181,6 +181,55 @@ pub(super) fn wire_backbone(ctl: &str, rtr: &str, igw: &str, inet: &str) -> Resu
     Ok(())
 }
 
+/// The egress-only internet gateway between the router and the internet
+/// (IPv6): out from the VPC goes through, in only what answers it;
+/// nothing is translated. Its refusals count in rule `refused`.
+pub(super) fn wire_egress_only(rtr: &str, eigw: &str, inet: &str) -> Result<(), LabError> {
+    use router::{EIGW_ADDR, IGW_INET_DEV, IGW_VPC_DEV, ROUTER_EIGW_ADDR, ROUTER_EIGW_DEV};
+    let forward = ["net.ipv6.conf.all.forwarding=1"];
+    sysctl(rtr, &forward)?;
+    sysctl(eigw, &forward)?;
+    exec::ip_batch(
+        rtr,
+        &[
+            format!("link add {ROUTER_EIGW_DEV} type veth peer name {IGW_VPC_DEV} netns {eigw}"),
+            format!("addr add {ROUTER_EIGW_ADDR}/64 dev {ROUTER_EIGW_DEV} nodad"),
+            format!("link set {ROUTER_EIGW_DEV} up"),
+        ],
+    )?;
+    exec::ip_batch(
+        eigw,
+        &[
+            format!("addr add {EIGW_ADDR}/64 dev {IGW_VPC_DEV} nodad"),
+            format!("link set {IGW_VPC_DEV} up"),
+            format!("route add default via {ROUTER_EIGW_ADDR} dev {IGW_VPC_DEV}"),
+            format!("link add {IGW_INET_DEV} type veth peer name eth6 netns {inet}"),
+            format!(
+                "addr add {}/64 dev {IGW_INET_DEV} nodad",
+                internet::GATEWAY6
+            ),
+            format!("link set {IGW_INET_DEV} up"),
+        ],
+    )?;
+    exec::ip_batch(
+        inet,
+        &[
+            format!("addr add {}/64 dev eth6 nodad", internet::SERVER6),
+            "link set eth6 up".to_string(),
+            format!("route add default via {} dev eth6", internet::GATEWAY6),
+        ],
+    )?;
+    exec::nft_script(
+        eigw,
+        &format!(
+            "table ip6 eigw {{\n  chain forward {{\n    type filter hook forward priority 0; policy drop;\n\
+             \x20   iifname \"{IGW_VPC_DEV}\" oifname \"{IGW_INET_DEV}\" counter accept\n\
+             \x20   iifname \"{IGW_INET_DEV}\" ct state established,related counter accept\n\
+             \x20   iifname \"{IGW_INET_DEV}\" counter drop comment \"refused\"\n  }}\n}}\n"
+        ),
+    )
+}
+
 /// The link from the router to `host`'s namespace (`eth0` there), with
 /// `mtu` on both ends when given, and its router side: the subnet's gateway
 /// address (proxy ARP answers for the rest), and a delivery route to the
