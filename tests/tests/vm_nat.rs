@@ -332,7 +332,8 @@ fn the_image_fails_over_to_a_namespace_nat_and_back() {
 /// TCP (a 10 MB download too), UDP and ping, seen there as the NAT's
 /// Elastic IP with a port of NAT64's range; IPv4 clients still egress
 /// beside it; a source outside the VPC's IPv6 blocks is refused and
-/// counted. (No egress-only gateway or IPv6 route sync in the lab yet.)
+/// counted. The client's `64:ff9b::/96` is the route the VM's agent adds
+/// to the table tagged for NAT64, which the lab's router follows.
 #[test]
 #[ignore = "needs the built image: cargo xtask test runs it"]
 fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
@@ -363,6 +364,13 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
 
     let client = lab.clients[0].ns.clone();
     lab.nat64_client(0).unwrap();
+    let table = lab.private_tables[0].clone();
+    lab.wait_for(
+        "the VM NAT's agent adds the tagged table's NAT64 route to itself",
+        Duration::from_secs(30),
+        || (lab.nat64_target(&table).ok()? == Some(lab.nats[0].interface_id.clone())).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n/status: {:?}\n{}", lab.agent_status(0), tail(&lab)));
     let resolver = lab.dns64_resolver().unwrap();
     let found = lab
         .run_in(

@@ -7,9 +7,8 @@
 //! IPv6 routes from the emulator (`crate::router`), `::/0` to the lab's
 //! egress-only gateway among them ([`Lab::route_ipv6_out`]).
 //!
-//! Not yet built: the VM NAT's `64:ff9b::/96` route is set here by hand
-//! (its agent's NAT64 route in the emulator is not what the client's
-//! packets follow yet).
+//! A NAT64 client's `64:ff9b::/96` is the route its NAT's agent keeps in
+//! the emulator ([`Lab::nat64_client`]).
 
 use std::net::Ipv6Addr;
 
@@ -87,20 +86,14 @@ impl Lab {
         Ok(client)
     }
 
-    /// [`Lab::ipv6_client`], and `64:ff9b::/96` from the router to the VM
-    /// NAT by its link-local address (as the VPC router delivers to an
-    /// ENI). Returns the client's address.
+    /// [`Lab::ipv6_client`] in an AZ whose table serves NAT64: the table
+    /// is tagged `natron:nat64` as `natron apply --nat64` tags it, so the
+    /// agent whose NAT its default route names adds `64:ff9b::/96` to that
+    /// NAT, and the router follows the emulator. Returns the client's
+    /// address.
     pub fn nat64_client(&self, az: usize) -> Result<Ipv6Addr, LabError> {
-        let vm = self.vm_nat()?;
         let client = self.ipv6_client(az)?;
-        exec::ip_batch(
-            &self.router_ns,
-            &[format!(
-                "route replace 64:ff9b::/96 via {} dev {}",
-                link_local(vm.mac())?,
-                self.nats[vm.az].router_dev
-            )],
-        )?;
+        self.serve_nat64(&self.private_tables[az])?;
         Ok(client)
     }
 

@@ -68,11 +68,6 @@ impl VmNat {
         })
     }
 
-    /// Its ENI's MAC address.
-    pub(super) fn mac(&self) -> &str {
-        &self.mac
-    }
-
     /// QEMU's process, for the lab's cleanup.
     pub(super) fn take_process(&self) -> Option<Child> {
         self.qemu.lock().expect("vm").take()
