@@ -236,6 +236,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_restarted_agent_keeps_the_instance_it_finds_as_wanted() {
+        // The first agent's instance, as Jool keeps it across the restart.
+        let (jool, r) = (FakeJool::default(), resolved_with_nat64());
+        let mut first = Memory::default();
+        reconcile(&jool, &Shared::new(), &r, &[], &mut first).await;
+        assert_eq!(*jool.applies.lock().unwrap(), 1);
+        // A new process: fresh memory and state, the same configuration.
+        let (shared, mut m) = (Shared::new(), Memory::default());
+        reconcile(&jool, &shared, &r, &[], &mut m).await;
+        assert_eq!(
+            *jool.applies.lock().unwrap(),
+            1,
+            "not replaced: Jool's sessions (open NAT64 connections) stay"
+        );
+        let status = shared.read(|s| s.dataplane.nat64.clone()).unwrap();
+        assert!(status.in_place && status.repairs == 0, "{status:?}");
+    }
+
+    #[tokio::test]
     async fn off_removes_a_stale_instance_once() {
         let (jool, shared) = (FakeJool::default(), Shared::new());
         let r = crate::run::tests::resolved();
