@@ -40,9 +40,14 @@ impl Nat64 {
 
 /// NAT64 translates the VPC's IPv6 clients: a VPC without IPv6 has none.
 pub(super) fn check_nat64(nat64: Nat64, inv: &Inventory) -> Option<String> {
-    (nat64.on() && inv.vpc_ipv6_cidrs.is_empty()).then(|| {
+    let what = match nat64 {
+        Nat64::Off => return None,
+        Nat64::Asked => "--nat64",
+        Nat64::Kept => "NAT64 (on since an earlier apply; `natron destroy` removes it)",
+    };
+    inv.vpc_ipv6_cidrs.is_empty().then(|| {
         format!(
-            "--nat64: {vpc} has no IPv6 CIDR block, so no IPv6 clients to translate; associate one first (aws ec2 associate-vpc-cidr-block --vpc-id {vpc} --amazon-provided-ipv6-cidr-block) and give the private subnets IPv6 blocks",
+            "{what}: {vpc} has no IPv6 CIDR block, so no IPv6 clients to translate; associate one first (aws ec2 associate-vpc-cidr-block --vpc-id {vpc} --amazon-provided-ipv6-cidr-block) and give the private subnets IPv6 blocks",
             vpc = inv.vpc_id
         )
     })
