@@ -387,7 +387,7 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
     let seen = lab
         .wait_for(
             "the IPv6 client reaches the server through NAT64",
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || {
                 lab.run_in(
                     &client,
@@ -396,7 +396,14 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
                 .ok()
             },
         )
-        .unwrap_or_else(|e| panic!("{e}\n/status: {:?}\n{}", lab.agent_status(0), tail(&lab)));
+        .unwrap_or_else(|e| {
+            let ra = std::fs::read_to_string(lab.dir.join("dnsmasq-nat-a.log")).unwrap_or_default();
+            panic!(
+                "{e}\n/status: {:?}\n{}\n--- the VM link's dnsmasq (router advertisements) ---\n{ra}",
+                lab.agent_status(0),
+                tail(&lab)
+            )
+        });
     let (ip, port) = seen.trim().rsplit_once(':').expect("ip:port");
     assert_eq!(
         ip,

@@ -134,6 +134,11 @@ pub(super) fn wire(
         format!("--dhcp-option=option:mtu,{mtu}"),
         "--enable-ra".into(),
         format!("--dhcp-range={v6},ra-only,64"),
+        // An unsolicited advertisement every 10 s (dnsmasq's default is
+        // minutes): a guest that missed the first, booting slowly under
+        // TCG, still gets its IPv6 default route, which NAT64's answers
+        // to the VPC's clients leave by.
+        format!("--ra-param={dev},10"),
         format!("--dhcp-leasefile={}", leases.display()),
         "--log-dhcp".into(),
     ];
