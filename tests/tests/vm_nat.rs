@@ -397,7 +397,7 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
             },
         )
         .unwrap_or_else(|e| {
-            let ra = std::fs::read_to_string(lab.dir.join("dnsmasq-nat-a.log")).unwrap_or_default();
+            let ra = lab.vm_nat_link_log();
             panic!(
                 "{e}\n/status: {:?}\n{}\n--- the VM link's dnsmasq (router advertisements) ---\n{ra}",
                 lab.agent_status(0),

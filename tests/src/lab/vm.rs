@@ -147,7 +147,7 @@ pub(super) fn wire(
         Path::new("dnsmasq"),
         &args,
         &[],
-        &dir.join(format!("dnsmasq-{}.log", host.role)),
+        &dnsmasq_log(dir, &host.role),
     )
 }
 
@@ -259,6 +259,17 @@ impl Lab {
         Ok(())
     }
 
+    /// What the VM NAT link's dnsmasq logged (its DHCP answers and router
+    /// advertisements); empty when there is no VM NAT or no log yet.
+    pub fn vm_nat_link_log(&self) -> String {
+        self.vm
+            .as_ref()
+            .and_then(|vm| {
+                std::fs::read_to_string(dnsmasq_log(&self.dir, &self.nats[vm.az].role)).ok()
+            })
+            .unwrap_or_default()
+    }
+
     /// Everything the VM NAT printed on its console, across its boots.
     pub fn vm_nat_console(&self) -> String {
         self.vm
@@ -266,4 +277,9 @@ impl Lab {
             .map(|vm| vm.machine.console())
             .unwrap_or_default()
     }
+}
+
+/// Where the dnsmasq of `role`'s link logs, in the lab's directory.
+fn dnsmasq_log(dir: &Path, role: &str) -> std::path::PathBuf {
+    dir.join(format!("dnsmasq-{role}.log"))
 }

@@ -18,11 +18,14 @@ pub(super) fn ingress<'a>(
     layout: &'a Layout,
     inv: &'a Inventory,
 ) -> impl Iterator<Item = Permission> + 'a {
-    layout
-        .zones
+    let zones = if layout.nat64.on() {
+        &layout.zones[..]
+    } else {
+        &[]
+    };
+    zones
         .iter()
         .flat_map(|z| &z.private)
-        .filter(move |_| layout.nat64.on())
         .filter_map(|p| inv.subnet(p.id.as_deref()?)?.ipv6_cidr)
         .map(|cidr| Permission {
             protocol: "-1".into(),
