@@ -33,7 +33,7 @@ pub fn run(
     let lab = Lab::start(LabSpec::with_azs(1).with_vm_nat_on(0, image.into(), arch, firmware))?;
     let mut config = lab.vm_nat_config();
     config.ec2.route_interval = Duration::from_secs(2);
-    let ready_after = lab.boot_vm_nat(&config, Until::Ready, bound)?;
+    let ready_after = lab.boot_vm_nat(0, &config, Until::Ready, bound)?;
 
     // The route claim follows readiness within a route interval; the
     // client then egresses through the VM.
@@ -93,7 +93,7 @@ pub fn run(
         egress.is_ok(),
         format!("the private client reaches the internet via {eip}: {egress:?}"),
     );
-    let log = lab.vm_nat_console();
+    let log = lab.vm_nat_console(0);
     expect(
         log.contains("Started natron-agent.service")
             || log.contains("Started natron NAT instance agent"),
@@ -128,7 +128,7 @@ pub fn run(
             ready_after.as_secs_f64()
         ),
     );
-    lab.power_off_vm_nat()?;
+    lab.power_off_vm_nat(0)?;
     let report = Report {
         ready_after,
         checks,

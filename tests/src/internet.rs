@@ -153,8 +153,14 @@ pub async fn download_from(
 /// Uploads `bytes` to the bulk service and waits for its "ok"; Err as for
 /// [`download`].
 pub async fn upload(bytes: u64, stall: Duration) -> Result<Duration, String> {
+    upload_to(SERVER.into(), bytes, stall).await
+}
+
+/// [`upload`] to the bulk service at `server` (the internet server's
+/// address, or its NAT64 address).
+pub async fn upload_to(server: IpAddr, bytes: u64, stall: Duration) -> Result<Duration, String> {
     let start = Instant::now();
-    let s = connect_bulk(SERVER.into(), stall).await?;
+    let s = connect_bulk(server, stall).await?;
     let (mut r, mut w) = s.into_split();
     let sender = tokio::spawn(async move {
         w.write_all(format!("put {bytes}\n").as_bytes()).await?;

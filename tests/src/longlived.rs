@@ -4,6 +4,7 @@
 //! its echo counts as broken, with when and why. What a route move costs
 //! users is exactly these.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,12 @@ impl Held {
 /// Opens the connections (from the caller's namespace) and keeps them
 /// busy until [`Held::stop`]. Returns once all are open (or failed to).
 pub async fn hold(n: usize, every: Duration, patience: Duration) -> Held {
+    hold_to(SERVER.into(), n, every, patience).await
+}
+
+/// [`hold`] to `server`: the internet server's address, or its NAT64
+/// address from an IPv6 client.
+pub async fn hold_to(server: IpAddr, n: usize, every: Duration, patience: Duration) -> Held {
     let (stop, watch) = watch::channel(false);
     let held = Held {
         opened: Arc::default(),
@@ -56,7 +63,7 @@ pub async fn hold(n: usize, every: Duration, patience: Duration) -> Held {
         let held2 = held.clone();
         let mut watch = watch.clone();
         *held.opened.lock().expect("held") += 1;
-        match TcpStream::connect((SERVER, ECHO_PORT)).await {
+        match TcpStream::connect((server, ECHO_PORT)).await {
             Ok(mut s) => {
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(every);

@@ -1,5 +1,5 @@
 //! A prober in a private subnet: one HTTP request to the internet server
-//! every 50 ms, each on a new connection (as a Lambda invocation would
+//! (over IPv4, or over NAT64 at its `64:ff9b::` address) every 50 ms, each on a new connection (as a Lambda invocation would
 //! open), recording when it was sent and whether and when it was answered.
 
 use std::sync::{Arc, Mutex};
@@ -92,8 +92,15 @@ impl Records {
     }
 }
 
-/// Sends a request every [`PERIOD`] until the task is aborted.
+/// Sends a request to the internet server every [`PERIOD`] until the
+/// task is aborted.
 pub async fn run(records: Records) {
+    run_to(records, internet::SERVER.into()).await
+}
+
+/// [`run`] to `server`: the internet server's address, or its NAT64
+/// address for an IPv6 client.
+pub async fn run_to(records: Records, server: std::net::IpAddr) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -109,7 +116,7 @@ pub async fn run(records: Records) {
         };
         let records = records.clone();
         tokio::spawn(async move {
-            if let Ok(body) = internet::http_get("/whoami", TIMEOUT).await {
+            if let Ok(body) = internet::http_get_from(server, "/whoami", TIMEOUT).await {
                 let mut all = records.0.lock().expect("records");
                 all[index].answered = Some(Instant::now());
                 all[index].seen_from = Some(body.trim().to_string());

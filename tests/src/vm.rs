@@ -65,6 +65,9 @@ pub struct Machine {
     pub arch: Arch,
     pub firmware: Firmware,
     pub dir: PathBuf,
+    /// Virtual CPUs (2, as a t4g.nano has; 1 where two guests share the
+    /// machine's two cores under TCG).
+    pub cpus: u32,
 }
 
 impl Machine {
@@ -116,6 +119,7 @@ impl Machine {
             arch,
             firmware,
             dir: dir.to_path_buf(),
+            cpus: 2,
         };
         for old in [
             machine.volume(),
@@ -188,7 +192,8 @@ impl Machine {
                 "qemu-system-aarch64"
             }
         };
-        push(&["-accel", "tcg", "-m", "1024", "-smp", "2"]);
+        let cpus = self.cpus.to_string();
+        push(&["-accel", "tcg", "-m", "1024", "-smp", &cpus]);
         push(&["-display", "none", "-no-reboot", "-nodefaults"]);
         let serial = format!("file,id=s0,append=on,path={}", self.serial_log().display());
         push(&["-chardev", &serial, "-serial", "chardev:s0"]);
@@ -265,6 +270,7 @@ mod tests {
             arch,
             firmware,
             dir: PathBuf::from("/m"),
+            cpus: 2,
         }
     }
 

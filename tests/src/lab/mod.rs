@@ -114,8 +114,8 @@ pub struct Lab {
     pub imds_requests: imds::Requests,
     /// The user data IMDS serves, per instance.
     imds_user_data: imds::UserData,
-    /// The NAT that is a virtual machine, if the spec asks for one.
-    vm: Option<vm::VmNat>,
+    /// The NATs that are virtual machines, as the spec asks.
+    vms: Vec<vm::VmNat>,
     ec2: aws_sdk_ec2::Client,
     agents: Mutex<Vec<AgentProcess>>,
     runtimes: Mutex<HashMap<String, Arc<NsRuntime>>>,
@@ -168,7 +168,7 @@ impl Lab {
         };
 
         let mut attachments = Attachments::new();
-        let mut vm_nat = None;
+        let mut vms = Vec::new();
         let mut nats = Vec::new();
         let mut clients = Vec::new();
         for (i, az) in spec.azs.iter().enumerate() {
@@ -186,8 +186,12 @@ impl Lab {
                     &mut clients,
                 ),
             ] {
-                let is_vm =
-                    role.starts_with("nat-") && spec.vm_nat.as_ref().is_some_and(|v| v.az == i);
+                let vm_spec = spec
+                    .vm_nats
+                    .iter()
+                    .find(|v| v.az == i)
+                    .filter(|_| role.starts_with("nat-"));
+                let is_vm = vm_spec.is_some();
                 let host = Host {
                     ns: name(&role),
                     router_dev: format!("i-{role}"),
@@ -200,7 +204,7 @@ impl Lab {
                 };
                 netns::create(&host.ns)?;
                 cleanup.namespaces.push(host.ns.clone());
-                if let (true, Some(v)) = (is_vm, &spec.vm_nat) {
+                if let Some(v) = vm_spec {
                     cleanup.children.push(vm::wire(
                         &router_ns,
                         &host,
@@ -208,7 +212,11 @@ impl Lab {
                         gateway_net,
                         &dir,
                     )?);
-                    vm_nat = Some(vm::VmNat::new(v, &launched.mac, &dir)?);
+                    // Two guests under TCG with two virtual CPUs each
+                    // starve each other on two cores (RCU stalls, minutes
+                    // to boot): one each then.
+                    let cpus = if spec.vm_nats.len() > 1 { 1 } else { 2 };
+                    vms.push(vm::VmNat::new(v, &launched.mac, &dir, cpus)?);
                 } else {
                     wire_host(&router_ns, &host, &launched.mac, gateway_net)?;
                 }
@@ -297,7 +305,7 @@ impl Lab {
             ec2_proxy,
             imds_requests,
             imds_user_data,
-            vm: vm_nat,
+            vms,
             ec2,
             agents: Mutex::new(Vec::new()),
             runtimes: Mutex::new(runtimes),
@@ -430,8 +438,17 @@ impl Lab {
 
     /// Starts a 50 ms prober in client `az`'s subnet.
     pub fn start_prober(&self, az: usize) -> Records {
+        self.start_prober_to(az, crate::internet::SERVER.into())
+    }
+
+    /// [`Lab::start_prober`] to `server` (the internet server's NAT64
+    /// address: over IPv6 from a [`Lab::nat64_client`]).
+    pub fn start_prober_to(&self, az: usize, server: std::net::IpAddr) -> Records {
         let records = Records::default();
-        self.spawn_in(&self.clients[az].ns, prober::run(records.clone()));
+        self.spawn_in(
+            &self.clients[az].ns,
+            prober::run_to(records.clone(), server),
+        );
         records
     }
 
@@ -545,7 +562,7 @@ impl Drop for Lab {
         {
             self.cleanup.children.push(agent.child);
         }
-        if let Some(qemu) = self.vm.as_ref().and_then(|vm| vm.take_process()) {
+        for qemu in self.vms.iter().filter_map(|vm| vm.take_process()) {
             self.cleanup.children.push(qemu);
         }
         // Stop the harness's threads before their namespaces go.

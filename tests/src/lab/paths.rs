@@ -47,4 +47,26 @@ impl Lab {
         exec::nft_script(&self.router_ns, no_frag_needed)?;
         exec::nft_script(&self.igw_ns, no_frag_needed)
     }
+
+    /// Path MTU discovery's case: AZ `az`'s client link at EC2's 9,001
+    /// bytes, and the router's side of the router <-> IGW hop narrowed to
+    /// `mtu`, where the router answers a larger packet that may not be
+    /// fragmented with ICMP "fragmentation needed" (nothing filters it).
+    /// The error goes to the packet's source inside the VPC (the NAT's
+    /// address), before the IGW's stateless rewrite, which would leave the
+    /// error's inner packet with the wrong address.
+    pub fn narrow_path_out(&self, az: usize, mtu: u16) -> Result<(), LabError> {
+        let jumbo = VPC_MTU.to_string();
+        let cli = &self.clients[az];
+        exec::ip(&cli.ns, &["link", "set", "eth0", "mtu", &jumbo])?;
+        exec::ip(
+            &self.router_ns,
+            &["link", "set", &cli.router_dev, "mtu", &jumbo],
+        )?;
+        exec::ip(
+            &self.router_ns,
+            &["link", "set", ROUTER_IGW_DEV, "mtu", &mtu.to_string()],
+        )?;
+        Ok(())
+    }
 }

@@ -46,9 +46,9 @@ impl AzSpec {
 pub struct LabSpec {
     pub group: String,
     pub azs: Vec<AzSpec>,
-    /// One AZ's NAT instance as natron's disk image under QEMU instead of
-    /// an agent in a namespace.
-    pub vm_nat: Option<VmNatSpec>,
+    /// The AZs whose NAT instance is natron's disk image under QEMU
+    /// instead of an agent in a namespace (one VM each).
+    pub vm_nats: Vec<VmNatSpec>,
     /// Each private subnet's route table as the user had it before natron:
     /// untagged (no agent claims it). natron's tables then come from
     /// elsewhere (a CloudFormation stack).
@@ -66,6 +66,9 @@ pub struct VmNatSpec {
     pub image: PathBuf,
     pub arch: Arch,
     pub firmware: Firmware,
+    /// The lab's word reaches the guest (see `lab::vm::control_args`):
+    /// test machines only, never the image as shipped.
+    pub control: bool,
 }
 
 impl LabSpec {
@@ -89,7 +92,7 @@ impl LabSpec {
         LabSpec {
             group: "lab".into(),
             azs,
-            vm_nat: None,
+            vm_nats: Vec::new(),
             user_tables: false,
             addresses: 1,
         }
@@ -109,7 +112,8 @@ impl LabSpec {
         self
     }
 
-    /// AZ `az`'s NAT is the x86_64 `image` under QEMU, booting UEFI.
+    /// AZ `az`'s NAT is the x86_64 `image` under QEMU, booting UEFI (one
+    /// call per AZ whose NAT is a VM).
     pub fn with_vm_nat(self, az: usize, image: PathBuf) -> LabSpec {
         self.with_vm_nat_on(az, image, Arch::X86_64, Firmware::Uefi)
     }
@@ -122,12 +126,29 @@ impl LabSpec {
         arch: Arch,
         firmware: Firmware,
     ) -> LabSpec {
-        self.vm_nat = Some(VmNatSpec {
+        assert!(
+            self.vm_nats.iter().all(|v| v.az != az),
+            "AZ {az} has one NAT"
+        );
+        self.vm_nats.push(VmNatSpec {
             az,
             image,
             arch,
             firmware,
+            control: false,
         });
+        self
+    }
+
+    /// Every VM NAT takes the lab's word ([`Lab::vm_nat_say`]): an extra
+    /// unit, passed as a credential at power-on, reads it from a second
+    /// serial port and restarts the agent on `restart`.
+    ///
+    /// [`Lab::vm_nat_say`]: super::Lab::vm_nat_say
+    pub fn with_vm_control(mut self) -> LabSpec {
+        for v in &mut self.vm_nats {
+            v.control = true;
+        }
         self
     }
 }

@@ -28,7 +28,7 @@ use super::paths::VPC_MTU;
 use super::spec::*;
 use super::wiring::link_to_router;
 use super::Lab;
-use crate::vm::{Machine, Nic};
+use crate::vm::{Arch, Machine, Nic};
 use crate::{exec, LabError};
 
 const BRIDGE: &str = "br0";
@@ -52,19 +52,37 @@ pub(super) struct VmNat {
     machine: Machine,
     qemu: Mutex<Option<Child>>,
     log: PathBuf,
+    /// The socket of the serial port the guest takes the lab's word from,
+    /// when the spec asks for one.
+    control: Option<PathBuf>,
 }
 
 impl VmNat {
     /// A fresh machine as `spec` says, in `dir`: a 2 GiB volume (bigger
-    /// than the image, so the first boot grows into it).
-    pub(super) fn new(spec: &VmNatSpec, mac: &str, dir: &Path) -> Result<VmNat, LabError> {
+    /// than the image, so the first boot grows into it), `cpus` virtual
+    /// CPUs.
+    pub(super) fn new(
+        spec: &VmNatSpec,
+        mac: &str,
+        dir: &Path,
+        cpus: u32,
+    ) -> Result<VmNat, LabError> {
+        if spec.control && spec.arch != Arch::X86_64 {
+            return Err(LabError::Setup(format!(
+                "VM NAT of AZ {}: the lab's control port is x86_64's second serial port",
+                spec.az
+            )));
+        }
         let dir = dir.join(format!("vm-{}", spec.az));
+        let mut machine = Machine::create(&spec.image, spec.arch, spec.firmware, &dir, "2G")?;
+        machine.cpus = cpus;
         Ok(VmNat {
             az: spec.az,
             mac: mac.to_string(),
-            machine: Machine::create(&spec.image, spec.arch, spec.firmware, &dir, "2G")?,
+            machine,
             qemu: Mutex::new(None),
             log: dir.join("qemu.log"),
+            control: spec.control.then(|| dir.join("control.sock")),
         })
     }
 
@@ -176,23 +194,26 @@ impl Lab {
         c
     }
 
-    pub(super) fn vm_nat(&self) -> Result<&VmNat, LabError> {
-        self.vm
-            .as_ref()
-            .ok_or_else(|| LabError::Setup("this lab has no VM NAT".into()))
+    /// AZ `az`'s VM NAT, or an error naming the AZ when its NAT is not one.
+    pub(super) fn vm_nat(&self, az: usize) -> Result<&VmNat, LabError> {
+        self.vms
+            .iter()
+            .find(|vm| vm.az == az)
+            .ok_or_else(|| LabError::Setup(format!("the lab's AZ {az} has no VM NAT")))
     }
 
-    /// Powers the VM NAT on with `config` as its user data and waits until
-    /// its agent's /readyz answers as `until` says (asked from the control
-    /// namespace, as a peer would): the time from power-on, or an error
-    /// with the console's end after `bound`.
+    /// Powers AZ `az`'s VM NAT on with `config` as its user data and waits
+    /// until its agent's /readyz answers as `until` says (asked from the
+    /// control namespace, as a peer would): the time from power-on, or an
+    /// error with the console's end after `bound`.
     pub fn boot_vm_nat(
         &self,
+        az: usize,
         config: &Config,
         until: Until,
         bound: Duration,
     ) -> Result<Duration, LabError> {
-        let vm = self.vm_nat()?;
+        let vm = self.vm_nat(az)?;
         let host = &self.nats[vm.az];
         self.imds_user_data.set(&host.instance_id, config.to_toml());
         let mut qemu = vm.qemu.lock().expect("vm");
@@ -202,11 +223,14 @@ impl Lab {
                 host.role
             )));
         }
-        let (binary, args) = vm.machine.command(&Nic::Tap {
+        let (binary, mut args) = vm.machine.command(&Nic::Tap {
             ifname: TAP.into(),
             mac: vm.mac.clone(),
             mtu: VPC_MTU,
         });
+        if let Some(socket) = &vm.control {
+            args.extend(control_args(socket));
+        }
         let started = Instant::now();
         *qemu = Some(exec::spawn_in_ns(
             &host.ns,
@@ -249,34 +273,98 @@ impl Lab {
         }
     }
 
-    /// Pulls the VM NAT's plug (its process killed: no shutdown, no
+    /// Pulls AZ `az`'s VM NAT's plug (its process killed: no shutdown, no
     /// handoff, as when an instance dies).
-    pub fn power_off_vm_nat(&self) -> Result<(), LabError> {
-        if let Some(mut child) = self.vm_nat()?.take_process() {
+    pub fn power_off_vm_nat(&self, az: usize) -> Result<(), LabError> {
+        if let Some(mut child) = self.vm_nat(az)?.take_process() {
             let _ = child.kill();
             let _ = child.wait();
         }
         Ok(())
     }
 
-    /// What the VM NAT link's dnsmasq logged (its DHCP answers and router
-    /// advertisements); empty when there is no VM NAT or no log yet.
-    pub fn vm_nat_link_log(&self) -> String {
-        self.vm
+    /// Says `word` to AZ `az`'s VM NAT through its control port (a lab
+    /// built [`with_vm_control`](LabSpec::with_vm_control)): `restart`
+    /// restarts its agent as `systemctl restart` does. The guest echoes
+    /// each word it takes on its console (`natron-lab control: WORD`).
+    pub fn vm_nat_say(&self, az: usize, word: &str) -> Result<(), LabError> {
+        use std::io::Write;
+        let vm = self.vm_nat(az)?;
+        let socket = vm
+            .control
             .as_ref()
+            .ok_or_else(|| LabError::Setup(format!("VM NAT of AZ {az} has no control port")))?;
+        let fail = |e: std::io::Error| LabError::Command(format!("{}: {e}", socket.display()));
+        let mut port = std::os::unix::net::UnixStream::connect(socket).map_err(fail)?;
+        port.write_all(format!("{word}\n").as_bytes()).map_err(fail)
+    }
+
+    /// What AZ `az`'s VM NAT link's dnsmasq logged (its DHCP answers and
+    /// router advertisements); empty when it has no VM NAT or no log yet.
+    pub fn vm_nat_link_log(&self, az: usize) -> String {
+        self.vm_nat(az)
+            .ok()
             .and_then(|vm| {
                 std::fs::read_to_string(dnsmasq_log(&self.dir, &self.nats[vm.az].role)).ok()
             })
             .unwrap_or_default()
     }
 
-    /// Everything the VM NAT printed on its console, across its boots.
-    pub fn vm_nat_console(&self) -> String {
-        self.vm
-            .as_ref()
+    /// Everything AZ `az`'s VM NAT printed on its console, across its
+    /// boots (empty when its NAT is not a VM).
+    pub fn vm_nat_console(&self, az: usize) -> String {
+        self.vm_nat(az)
             .map(|vm| vm.machine.console())
             .unwrap_or_default()
     }
+}
+
+/// The unit a controlled guest runs: each line the lab writes to its
+/// second serial port (ttyS1) is echoed on the console, and `restart`
+/// restarts the agent. (`$$` is a literal `$` in a unit file.)
+const CONTROL_UNIT: &str = "[Unit]
+Description=natron lab control (test machines only)
+
+[Service]
+StandardOutput=journal+console
+ExecStart=/bin/sh -c 'stty -F /dev/ttyS1 raw -echo; exec 3</dev/ttyS1; \
+  while read -r word <&3; do echo \"natron-lab control: $$word\"; \
+  case \"$$word\" in restart) systemctl restart natron-agent.service;; esac; done'
+";
+
+/// QEMU's arguments for the control port: a second serial port on a
+/// socket the lab connects to, and the unit that reads it passed as
+/// system credentials in SMBIOS (type 11), which the guest's systemd
+/// turns into an extra unit and a drop-in making `multi-user.target`
+/// want it. The image itself carries nothing of this.
+fn control_args(socket: &Path) -> Vec<String> {
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let credential = |name: &str, text: &str| {
+        format!(
+            "type=11,value=io.systemd.credential.binary:{name}={}",
+            b64(text)
+        )
+    };
+    vec![
+        "-chardev".into(),
+        format!(
+            "socket,id=control,path={},server=on,wait=off",
+            socket.display()
+        ),
+        "-serial".into(),
+        "chardev:control".into(),
+        "-smbios".into(),
+        credential(
+            "systemd.extra-unit.natron-lab-control.service",
+            CONTROL_UNIT,
+        ),
+        "-smbios".into(),
+        credential(
+            "systemd.unit-dropin.multi-user.target",
+            "[Unit]\nWants=natron-lab-control.service\n",
+        ),
+    ]
 }
 
 /// Where the dnsmasq of `role`'s link logs, in the lab's directory.
