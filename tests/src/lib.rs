@@ -25,6 +25,7 @@ pub mod router;
 pub mod scenario;
 pub mod stats;
 pub mod vm;
+pub mod vm_failover;
 pub mod vpc;
 
 #[derive(Debug, thiserror::Error)]

@@ -4,47 +4,20 @@
 //!
 //! These need the built x86_64 image: `cargo xtask test` builds it and runs
 //! them with `NATRON_IMAGE` set (`--ignored`, one at a time: each boots a VM
-//! under TCG on the machine's two cores).
+//! under TCG on the machine's two cores). NAT64 on the image is
+//! `vm_nat64.rs`.
+
+mod vm;
 
 use std::net::SocketAddrV4;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use natron_agent::core::config::Config;
 use natron_contract::readyz::Area;
-use natron_contract::status::{Outcome, Status};
+use natron_contract::status::Outcome;
 use natron_lab::lab::{default_config, masked_lines, Lab, LabSpec, Until, AGENT_PORT};
 use natron_lab::{internet, longlived, stats};
-
-/// Power-on to ready, under TCG, must stay within this (the goal is 30 s;
-/// the bound leaves room for a loaded CI machine).
-const BOOT_BOUND: Duration = Duration::from_secs(120);
-
-fn image() -> PathBuf {
-    std::env::var_os("NATRON_IMAGE")
-        .map(PathBuf::from)
-        .expect("NATRON_IMAGE: the x86_64 disk image (cargo xtask test sets it)")
-}
-
-/// Waits until AZ `az`'s client reaches the internet server through the
-/// NAT whose Elastic IP is `eip`.
-fn wait_egress_via(lab: &Lab, az: usize, eip: std::net::Ipv4Addr, within: Duration) {
-    lab.wait_for("the client egresses via the NAT", within, || {
-        lab.egress_via(az, eip)
-    })
-    .unwrap_or_else(|e| panic!("{e}\n--- console (end) ---\n{}", tail(lab)));
-}
-
-fn tail(lab: &Lab) -> String {
-    let console = lab.vm_nat_console();
-    let lines: Vec<&str> = console.lines().collect();
-    lines[lines.len().saturating_sub(80)..].join("\n")
-}
-
-fn status(lab: &Lab) -> Status {
-    lab.agent_status(0)
-        .unwrap_or_else(|e| panic!("{e}\n--- console (end) ---\n{}", tail(lab)))
-}
+use vm::*;
 
 /// What the client's link and the NAT's counters grew by while `traffic`
 /// ran: (client packets, client bytes, NAT packets, NAT bytes, NAT
@@ -112,7 +85,9 @@ fn the_image_nats_with_its_flowtable_and_counts_what_it_offloads() {
     lab.jumbo_vpc_behind_a_filtered_path().unwrap();
     let mut config = lab.vm_nat_config();
     config.nat.reconcile_interval = Duration::from_secs(2);
-    let ready = lab.boot_vm_nat(&config, Until::Ready, BOOT_BOUND).unwrap();
+    let ready = lab
+        .boot_vm_nat(0, &config, Until::Ready, BOOT_BOUND)
+        .unwrap();
     eprintln!("VM NAT: power-on to ready {:.1} s", ready.as_secs_f64());
     let eip = lab.spec.azs[0].eip;
     wait_egress_via(&lab, 0, eip, Duration::from_secs(30));
@@ -201,7 +176,7 @@ fn the_image_nats_with_its_flowtable_and_counts_what_it_offloads() {
         lab.rule_packets(0, "clamp-mss-reply") >= 7.0,
         "server SYN-ACKs clamped"
     );
-    lab.power_off_vm_nat().unwrap();
+    lab.power_off_vm_nat(0).unwrap();
 }
 
 /// The image beside a namespace NAT in the other AZ: without an instance
@@ -229,7 +204,7 @@ fn the_image_fails_over_to_a_namespace_nat_and_back() {
     // First boot without an instance profile.
     lab.without_instance_profile(0).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    lab.boot_vm_nat(&config, Until::Answers, BOOT_BOUND)
+    lab.boot_vm_nat(0, &config, Until::Answers, BOOT_BOUND)
         .unwrap();
     let (code, why) = lab
         .wait_for(
@@ -241,14 +216,14 @@ fn the_image_fails_over_to_a_namespace_nat_and_back() {
                     .filter(|(_, b)| b.reasons.iter().any(|r| r.area == Area::Credentials))
             },
         )
-        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&lab)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&lab, 0)));
     assert_eq!(code, 503, "{why:?}");
     let vm_ip = lab.nats[0].ip;
     let t0 = Instant::now();
-    let (asked0, console0) = (lab.imds_requests.from(vm_ip), lab.vm_nat_console().len());
+    let (asked0, console0) = (lab.imds_requests.from(vm_ip), lab.vm_nat_console(0).len());
     std::thread::sleep(Duration::from_secs(70));
     let asked = lab.imds_requests.from(vm_ip) - asked0;
-    let console = lab.vm_nat_console()[console0..].to_string();
+    let console = lab.vm_nat_console(0)[console0..].to_string();
     assert!(
         asked <= 120,
         "{asked} IMDS requests in {:?} without credentials",
@@ -275,7 +250,7 @@ fn the_image_fails_over_to_a_namespace_nat_and_back() {
         Duration::from_secs(30),
         || matches!(lab.agent_readyz(0), Ok((200, _))).then_some(()),
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&lab)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&lab, 0)));
     let (eip_a, eip_b) = (lab.spec.azs[0].eip, lab.spec.azs[1].eip);
     wait_egress_via(&lab, 0, eip_a, Duration::from_secs(30));
     wait_egress_via(&lab, 1, eip_b, Duration::from_secs(30));
@@ -293,7 +268,7 @@ fn the_image_fails_over_to_a_namespace_nat_and_back() {
         lab.nats[0].instance_id.clone(),
         lab.nats[1].instance_id.clone(),
     );
-    lab.power_off_vm_nat().unwrap();
+    lab.power_off_vm_nat(0).unwrap();
     let off = Instant::now();
     lab.wait_for("NAT-B takes AZ a's table", Duration::from_secs(20), || {
         (lab.table_owner(&table_a)? == peer_id).then_some(())
@@ -308,14 +283,16 @@ fn the_image_fails_over_to_a_namespace_nat_and_back() {
     // On again (flowtable back on): ready, then its table back once the
     // hold-down has passed.
     config.nat.flowtable = true;
-    let ready = lab.boot_vm_nat(&config, Until::Ready, BOOT_BOUND).unwrap();
+    let ready = lab
+        .boot_vm_nat(0, &config, Until::Ready, BOOT_BOUND)
+        .unwrap();
     eprintln!("VM NAT: power-on to ready {:.1} s", ready.as_secs_f64());
     let ready_at = Instant::now();
     assert_eq!(lab.table_owner(&table_a).as_deref(), Some(peer_id.as_str()));
     lab.wait_for("the VM takes its table back", hold_down * 3, || {
         (lab.table_owner(&table_a)? == vm_id).then_some(())
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&lab)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&lab, 0)));
     let back = ready_at.elapsed();
     assert!(
         back + Duration::from_secs(2) >= hold_down,
@@ -323,207 +300,5 @@ fn the_image_fails_over_to_a_namespace_nat_and_back() {
     );
     wait_egress_via(&lab, 0, eip_a, Duration::from_secs(10));
     assert_eq!(status(&lab).dataplane.flowtable, Some(true));
-    lab.power_off_vm_nat().unwrap();
-}
-
-/// NAT64 on the image's kernel (its Jool): an IPv6 client in the VPC's
-/// IPv6 block finds the IPv4-only internet server by name through the
-/// VPC's DNS64 resolver and reaches it at that `64:ff9b::` address over
-/// TCP (a 10 MB download too), UDP and ping, seen there as the NAT's
-/// Elastic IP with a port of NAT64's range; IPv4 clients still egress
-/// beside it; a source outside the VPC's IPv6 blocks is refused and
-/// counted. The client's `64:ff9b::/96` is the route the VM's agent adds
-/// to the table tagged for NAT64, which the lab's router follows.
-#[test]
-#[ignore = "needs the built image: cargo xtask test runs it"]
-fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
-    use natron_lab::lab::{nat64_address, SERVER_NAME};
-    use std::net::IpAddr;
-    let lab = Lab::start(LabSpec::with_azs(1).with_vm_nat(0, image())).unwrap();
-    let mut config = lab.vm_nat_config();
-    config.nat64.enabled = true;
-    config.nat.reconcile_interval = Duration::from_secs(2);
-    lab.boot_vm_nat(&config, Until::Ready, BOOT_BOUND)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let eip = lab.spec.azs[0].eip;
-    wait_egress_via(&lab, 0, eip, Duration::from_secs(30));
-    let nat64 = lab
-        .wait_for(
-            "NAT64 in place, in /status",
-            Duration::from_secs(30),
-            || status(&lab).dataplane.nat64.filter(|n| n.in_place),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n/status: {:?}\n{}", lab.agent_status(0), tail(&lab)));
-    assert_eq!(
-        nat64.sources,
-        vec![lab.vpc_ipv6().unwrap()],
-        "the VPC's IPv6 block, from IMDS"
-    );
-    assert_eq!(nat64.addresses, vec![lab.nats[0].ip]);
-    assert_eq!(nat64.port_range, (61001, 65535));
-
-    let client = lab.clients[0].ns.clone();
-    lab.nat64_client(0).unwrap();
-    let table = lab.private_tables[0].clone();
-    lab.wait_for(
-        "the VM NAT's agent adds the tagged table's NAT64 route to itself",
-        Duration::from_secs(30),
-        || (lab.nat64_target(&table).ok()? == Some(lab.nats[0].interface_id.clone())).then_some(()),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n/status: {:?}\n{}", lab.agent_status(0), tail(&lab)));
-    let resolver = lab.dns64_resolver().unwrap();
-    let found = lab
-        .run_in(
-            &client,
-            natron_lab::dns64::resolve(resolver, SERVER_NAME, Duration::from_secs(3)),
-        )
-        .unwrap_or_else(|e| panic!("DNS64 from the IPv6 client: {e}"));
-    assert_eq!(
-        found,
-        vec![nat64_address(internet::SERVER)],
-        "{SERVER_NAME}, IPv4 only, synthesized in 64:ff9b::/96"
-    );
-    let server = IpAddr::V6(found[0]);
-    let seen = lab
-        .wait_for(
-            "the IPv6 client reaches the server through NAT64",
-            Duration::from_secs(60),
-            || {
-                lab.run_in(
-                    &client,
-                    internet::http_get_from(server, "/whoami", Duration::from_secs(3)),
-                )
-                .ok()
-            },
-        )
-        .unwrap_or_else(|e| {
-            let ra = lab.vm_nat_link_log();
-            panic!(
-                "{e}\n/status: {:?}\n{}\n--- the VM link's dnsmasq (router advertisements) ---\n{ra}",
-                lab.agent_status(0),
-                tail(&lab)
-            )
-        });
-    let (ip, port) = seen.trim().rsplit_once(':').expect("ip:port");
-    assert_eq!(
-        ip,
-        eip.to_string(),
-        "the server sees the NAT's Elastic IP: {seen}"
-    );
-    let port: u16 = port.parse().unwrap();
-    assert!(
-        (61001..=65535).contains(&port),
-        "a port of NAT64's range: {seen}"
-    );
-    // IPv4 clients' ports stay out of NAT64's range.
-    let seen4 = lab.client_get(0, "/whoami").unwrap();
-    let port4: u16 = seen4.trim().rsplit_once(':').unwrap().1.parse().unwrap();
-    assert!(
-        port4 <= 61000,
-        "masquerade's port {port4} is outside NAT64's range"
-    );
-
-    lab.run_in(
-        &client,
-        internet::download_from(server, 10 << 20, Duration::from_secs(30)),
-    )
-    .unwrap_or_else(|e| panic!("10 MB over NAT64: {e}"));
-    lab.run_in(
-        &client,
-        internet::udp_echo(server, None, Duration::from_secs(3)),
-    )
-    .unwrap_or_else(|e| panic!("UDP over NAT64: {e}"));
-    natron_lab::exec::in_ns(
-        &client,
-        "ping",
-        &["-6", "-c", "2", "-W", "3", &server.to_string()],
-    )
-    .unwrap_or_else(|e| panic!("ping over NAT64: {e}"));
-    // Echo probes (-I): the IPv4 hops beyond the NAT answer with ICMP
-    // errors, which Jool translates to ICMPv6 from their addresses in the
-    // prefix (the VPC router's 10.0.0.1 is 64:ff9b::a00:1); the server
-    // answers the echo. (The lab's IGW rewrites addresses statelessly and
-    // so drops its own errors, where AWS's translates them: no hop there.)
-    let trace = natron_lab::exec::in_ns(
-        &client,
-        "traceroute6",
-        &[
-            "-I",
-            "-n",
-            "-q",
-            "1",
-            "-w",
-            "3",
-            "-m",
-            "8",
-            &server.to_string(),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("traceroute6 over NAT64: {e}"));
-    eprintln!("traceroute6 over NAT64:\n{trace}");
-    let hops: Vec<&str> = trace
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .collect();
-    assert_eq!(
-        hops.last().copied(),
-        Some(server.to_string().as_str()),
-        "{trace}"
-    );
-    assert!(
-        hops.contains(&"64:ff9b::a00:1"),
-        "the VPC router's ICMP time exceeded, translated: {trace}"
-    );
-    assert!(
-        lab.rule_packets(0, "nat64-in") > 0.0 || {
-            std::thread::sleep(config.nat.reconcile_interval * 2);
-            lab.rule_packets(0, "nat64-in") > 0.0
-        }
-    );
-    let sessions = lab
-        .wait_for("NAT64 sessions counted", Duration::from_secs(25), || {
-            status(&lab)
-                .dataplane
-                .nat64
-                .map(|n| n.sessions)
-                .filter(|n| *n > 0)
-        })
-        .unwrap();
-    eprintln!("NAT64: {sessions} sessions in Jool's table");
-    assert!(
-        lab.rule_packets(0, "nat64-out") > 0.0,
-        "translated replies counted"
-    );
-
-    // Not an open relay: a source outside the VPC's IPv6 blocks.
-    let foreign = lab.foreign_ipv6(0).unwrap();
-    let refused = lab.rule_packets(0, "nat64-refuse");
-    let answer = lab.run_in(
-        &client,
-        internet::udp_echo(server, Some(IpAddr::V6(foreign)), Duration::from_secs(2)),
-    );
-    assert!(answer.is_err(), "{foreign} was translated: {answer:?}");
-    lab.wait_for("the refusal counted", Duration::from_secs(10), || {
-        (lab.rule_packets(0, "nat64-refuse") > refused).then_some(())
-    })
-    .unwrap();
-    // The VPC's own source still is translated.
-    lab.run_in(
-        &client,
-        internet::udp_echo(server, None, Duration::from_secs(3)),
-    )
-    .unwrap();
-    assert_eq!(
-        status(&lab).dataplane.nat64.unwrap().repairs,
-        0,
-        "found as written every pass"
-    );
-    // Written once, at the first pass, and never replaced: each pass read
-    // it back as the agent wants it. (The kernel logs each replacement;
-    // creating it from the atomic configuration logs nothing.)
-    let console = lab.vm_nat_console();
-    let replaced = console.matches("Replaced instance 'natron'").count();
-    assert_eq!(replaced, 0, "Jool's instance rewritten {replaced} times");
-    lab.power_off_vm_nat().unwrap();
+    lab.power_off_vm_nat(0).unwrap();
 }

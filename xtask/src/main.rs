@@ -267,7 +267,8 @@ fn test(extra: &[String]) -> Result<(), String> {
                     // at a time (TCG on two cores).
                     let (p, f) = cargo_test(
                         cargo()
-                            .args(["test", "--workspace", "--test", "vm_nat", "--"])
+                            .args(["test", "--workspace", "--test", "vm_nat"])
+                            .args(["--test", "vm_nat64", "--"])
                             .args(["--ignored", "--test-threads=1"])
                             .env("NATRON_IMAGE", &img),
                     )?;
