@@ -8,6 +8,7 @@ mod dataplane;
 mod failover;
 mod footprint;
 mod guest;
+mod nat64_failover;
 mod pool;
 mod scale;
 
@@ -38,7 +39,8 @@ pub struct Options {
     /// is 3,600 data-plane ticks, an hour's worth at the default 1 s.
     #[arg(long, default_value_t = 720)]
     pub soak_secs: u64,
-    /// Run one part only: dataplane, pool, guest, footprint, scale or failover.
+    /// Run one part only: dataplane, pool, guest, nat64-failover,
+    /// footprint, scale or failover.
     #[arg(long)]
     pub only: Option<String>,
     /// The x86_64 disk image, for the data plane inside it (`guest`);
@@ -52,6 +54,10 @@ pub struct Options {
     /// Seconds per measurement inside the image.
     #[arg(long, default_value_t = 5)]
     pub guest_secs: u32,
+    /// NAT64 failovers between two image NATs (each powers a NAT on
+    /// again: about two minutes a run under TCG).
+    #[arg(long, default_value_t = 6)]
+    pub nat64_runs: usize,
     /// The static release agent: footprint, scale and failover run it.
     #[arg(long)]
     pub release_binary: Option<PathBuf>,
@@ -67,10 +73,11 @@ fn default_config() -> natron_agent::core::config::Config {
 
 /// The parts, in the order they run: name (for `--only` and the markers
 /// in BENCHMARKS.md) and title.
-const PARTS: [(&str, &str); 6] = [
+const PARTS: [(&str, &str); 7] = [
     ("dataplane", "Data plane"),
     ("pool", "Address pool"),
     ("guest", "Data plane on the image's kernel"),
+    ("nat64-failover", "NAT64 failover on the image"),
     ("footprint", "Footprint"),
     ("scale", "Scale"),
     ("failover", "Failover"),
@@ -80,7 +87,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if let Some(only) = &o.only {
         if !PARTS.iter().any(|(name, _)| name == only) {
             anyhow::bail!(
-                "--only {only}: expected one of dataplane, pool, guest, footprint, scale, failover"
+                "--only {only}: expected one of dataplane, pool, guest, nat64-failover, footprint, scale, failover"
             );
         }
     }
@@ -100,6 +107,13 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 Some(image) => guest::run(image, o.guest_rounds, o.guest_secs),
                 None => {
                     eprintln!("bench: no --image, so no data plane inside the image");
+                    continue;
+                }
+            },
+            "nat64-failover" => match &o.image {
+                Some(image) => nat64_failover::run(image, o.nat64_runs),
+                None => {
+                    eprintln!("bench: no --image, so no NAT64 failover between image NATs");
                     continue;
                 }
             },
@@ -155,9 +169,13 @@ fn first_line(program: &str, arg: &str) -> String {
 
 /// Where, when, with what, and how a part was measured.
 fn context(o: &Options, part: &str) -> String {
-    let agent = match &o.release_binary {
-        Some(p) => format!("Agent: the static release build ({}).", p.display()),
-        None => "Agent: the dev build.".into(),
+    let agent = match (&o.release_binary, &o.image) {
+        // Its NATs run the agent the image carries.
+        (_, Some(image)) if part == "nat64-failover" => {
+            format!("Agent: the image's ({}).", image.display())
+        }
+        (Some(p), _) => format!("Agent: the static release build ({}).", p.display()),
+        (None, _) => "Agent: the dev build.".into(),
     };
     let command = if o.only.is_some() {
         format!("`cargo xtask bench --only {part}`")
