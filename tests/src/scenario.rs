@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use natron_agent::core::config::Config;
-use natron_contract::status::Health;
 
 use crate::lab::{AgentId, Lab, LabSpec};
 use crate::prober::Records;
@@ -41,10 +40,7 @@ impl TwoAzs {
         }
         for az in 0..2 {
             s.lab
-                .wait_for("each sees its peer ready", Duration::from_secs(15), || {
-                    let st = s.lab.agent_status(az).ok()?;
-                    (st.failover.peers.first()?.health == Health::Ready).then_some(())
-                })
+                .wait_peer_ready(az, Duration::from_secs(15))
                 .map_err(|e| s.with_log(az, e))?;
         }
         let probes = (0..2).map(|az| s.lab.start_prober(az)).collect();

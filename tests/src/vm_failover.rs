@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use natron_agent::core::config::Config;
-use natron_contract::status::Health;
 
 use crate::lab::{nat64_address, Lab, LabSpec, Until};
 use crate::prober::Records;
@@ -72,10 +71,7 @@ impl TwoVmNats {
         for az in 0..2 {
             s.both_routes_on(az, az, Duration::from_secs(60))?;
             s.lab
-                .wait_for("each sees its peer ready", Duration::from_secs(30), || {
-                    let st = s.lab.agent_status(az).ok()?;
-                    (st.failover.peers.first()?.health == Health::Ready).then_some(())
-                })
+                .wait_peer_ready(az, Duration::from_secs(30))
                 .map_err(|e| s.with_console(az, e))?;
         }
         let server6 = IpAddr::V6(nat64_address(crate::internet::SERVER));

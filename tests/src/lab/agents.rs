@@ -12,7 +12,7 @@ use crate::{exec, LabError};
 use natron_agent::core::config::Config;
 use natron_contract::client;
 use natron_contract::readyz::ReadyzBody;
-use natron_contract::status::Status;
+use natron_contract::status::{Health, Status};
 
 use super::spec::*;
 use super::{Lab, AGENT_PORT};
@@ -310,6 +310,14 @@ impl Lab {
     pub fn agent_status(&self, az: usize) -> Result<Status, String> {
         let (_, body) = self.agent_get(az, "/status")?;
         serde_json::from_str(&body).map_err(|e| format!("/status: {e}: {body}"))
+    }
+
+    /// Waits until AZ `az`'s agent sees its (first) peer ready.
+    pub fn wait_peer_ready(&self, az: usize, timeout: Duration) -> Result<(), String> {
+        self.wait_for("each sees its peer ready", timeout, || {
+            let st = self.agent_status(az).ok()?;
+            (st.failover.peers.first()?.health == Health::Ready).then_some(())
+        })
     }
 
     /// The agent's /readyz: its status code and document.
