@@ -199,6 +199,11 @@ pub fn answer(view: &VpcView, i: &InstanceView, region: &str, path: &str) -> Opt
                 v6.join("\n")
             }),
             "local-ipv4s" => Some(i.private_ip.to_string()),
+            // As on EC2: absent for an interface without IPv6 addresses.
+            "ipv6s" => (!i.ipv6s.is_empty()).then(|| {
+                let v6: Vec<String> = i.ipv6s.iter().map(|a| a.to_string()).collect();
+                v6.join("\n")
+            }),
             "public-ipv4s" => i.public_ip.map(|p| p.to_string()),
             _ => None,
         };
@@ -273,6 +278,7 @@ mod tests {
             tags: BTreeMap::from([("natron:group".to_string(), "lab".to_string())]),
             metadata_tags: false,
             secondary: vec![],
+            ipv6s: vec![],
         };
         let v = VpcView {
             vpc_id: "vpc-1".into(),
@@ -321,6 +327,34 @@ mod tests {
                 "meta-data/network/interfaces/macs/ff:ff:ff:ff:ff:ff/vpc-id"
             ),
             None
+        );
+    }
+
+    #[test]
+    fn ipv6_as_ec2_serves_it_and_absent_without() {
+        let (mut v, mut i) = fixture();
+        let mac = "meta-data/network/interfaces/macs/02:00:00:00:00:01/";
+        let a = |v: &VpcView, i: &InstanceView, leaf: &str| {
+            answer(v, i, "us-east-1", &format!("{mac}{leaf}"))
+        };
+        assert_eq!(a(&v, &i, "ipv6s"), None, "404 without IPv6 addresses");
+        assert_eq!(
+            a(&v, &i, "vpc-ipv6-cidr-blocks"),
+            None,
+            "404 without a block"
+        );
+        v.ipv6_cidrs = vec!["2600:1f18:aa00::/56".parse().unwrap()];
+        i.ipv6s = vec![
+            "2600:1f18:aa00:1::10".parse().unwrap(),
+            "2600:1f18:aa00:1::11".parse().unwrap(),
+        ];
+        assert_eq!(
+            a(&v, &i, "ipv6s").as_deref(),
+            Some("2600:1f18:aa00:1::10\n2600:1f18:aa00:1::11")
+        );
+        assert_eq!(
+            a(&v, &i, "vpc-ipv6-cidr-blocks").as_deref(),
+            Some("2600:1f18:aa00::/56")
         );
     }
 }

@@ -357,6 +357,7 @@ mod tests {
             tags: BTreeMap::new(),
             metadata_tags: true,
             secondary: vec![],
+            ipv6s: vec![],
         }
     }
 

@@ -37,6 +37,9 @@ pub struct InstanceView {
     /// The primary interface's secondary private addresses (a NAT's
     /// address pool), each with the Elastic IP associated with it.
     pub secondary: Vec<(Ipv4Addr, Option<Ipv4Addr>)>,
+    /// The primary interface's IPv6 addresses (none in a subnet without
+    /// IPv6).
+    pub ipv6s: Vec<std::net::Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,8 +198,15 @@ pub async fn read(ec2: &Client, vpc_id: &str) -> Result<VpcView, LabError> {
             .filter_map(|p| p.private_ip_address()?.parse().ok())
             .map(|ip: Ipv4Addr| (ip, on_secondary.get(&(interface_id.clone(), ip)).copied()))
             .collect();
+        let ipv6s = nic
+            .map(|n| n.ipv6_addresses())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.ipv6_address()?.parse().ok())
+            .collect();
         instances.push(InstanceView {
             secondary,
+            ipv6s,
             id: id.to_string(),
             state: i
                 .state()
