@@ -25,6 +25,15 @@ pub struct Outage {
     pub ipv6: Duration,
 }
 
+/// The failover timings of the VM tests and bench: the production
+/// defaults except a peer timeout a guest under TCG can answer within,
+/// a 2 s proof window and a 10 s hold-down.
+pub fn tcg_timings(c: &mut Config) {
+    c.failover.hold_down = Duration::from_secs(10);
+    c.failover.peer_timeout = Duration::from_secs(1);
+    c.failover.proof_window = Duration::from_secs(2);
+}
+
 pub struct TwoVmNats {
     pub lab: Lab,
     pub config: Config,

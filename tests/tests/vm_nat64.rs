@@ -335,14 +335,8 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
 #[test]
 #[ignore = "needs the built image: cargo xtask test runs it"]
 fn two_images_fail_nat64_over_and_back_with_ipv4() {
-    use natron_lab::vm_failover::TwoVmNats;
-    let hold_down = Duration::from_secs(10);
-    let s = TwoVmNats::start(&image(), |c| {
-        c.failover.hold_down = hold_down;
-        c.failover.peer_timeout = Duration::from_secs(1);
-        c.failover.proof_window = Duration::from_secs(2);
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    use natron_lab::vm_failover::{tcg_timings, TwoVmNats};
+    let s = TwoVmNats::start(&image(), tcg_timings).unwrap_or_else(|e| panic!("{e}"));
     let outage = s.strike(0).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "NAT-A off: IPv4 answered through NAT-B after {:.2} s, NAT64 after {:.2} s",

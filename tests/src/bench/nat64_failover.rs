@@ -6,22 +6,12 @@
 //! it on again and waits for the failback, so the next run starts from
 //! home.
 
-use std::path::Path;
-use std::time::Duration;
-
 use natron_lab::stats::{median, percentile};
-use natron_lab::vm_failover::TwoVmNats;
-
-/// The VM failover test's timings: the production defaults except a peer
-/// timeout a guest under TCG can answer within, and a short hold-down.
-fn tune(c: &mut natron_agent::core::config::Config) {
-    c.failover.hold_down = Duration::from_secs(10);
-    c.failover.peer_timeout = Duration::from_secs(1);
-    c.failover.proof_window = Duration::from_secs(2);
-}
+use natron_lab::vm_failover::{tcg_timings, TwoVmNats};
+use std::path::Path;
 
 pub fn run(image: &Path, runs: usize) -> Result<String, String> {
-    let s = TwoVmNats::start(image, tune)?;
+    let s = TwoVmNats::start(image, tcg_timings)?;
     let (mut v4, mut v6, mut gap) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let az = i % 2;
