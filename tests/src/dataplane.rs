@@ -465,7 +465,7 @@ impl Topology {
             &[
                 format!("link set {TAYGA_DEV} up"),
                 format!("addr add {NAT_IP} dev {TAYGA_DEV}"),
-                format!("addr add {NAT_V6} dev {TAYGA_DEV}"),
+                format!("addr add {NAT_V6} dev {TAYGA_DEV} nodad"),
                 format!("route add {TAYGA_POOL} dev {TAYGA_DEV}"),
                 format!("route add {TAYGA_PREFIX} dev {TAYGA_DEV}"),
             ],

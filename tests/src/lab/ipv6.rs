@@ -145,7 +145,10 @@ impl Lab {
     pub fn dns64_resolver(&self) -> Result<std::net::IpAddr, LabError> {
         exec::ip_batch(
             &self.router_ns,
-            &[format!("addr replace {RESOLVER_IPV6}/128 dev lo")],
+            // `nodad`: without it the address stays tentative until the
+            // kernel's DAD work runs, even on lo, and a bind in between
+            // fails with "Cannot assign requested address" (seen in CI).
+            &[format!("addr replace {RESOLVER_IPV6}/128 dev lo nodad")],
         )?;
         let addr = std::net::SocketAddr::from((RESOLVER_IPV6, 53));
         let socket = self
