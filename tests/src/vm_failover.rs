@@ -1,9 +1,9 @@
 //! NAT64 failover between two NATs that are natron's image (only the
 //! image's kernel has Jool), shared by the VM test and the bench: each
-//! AZ's client is dual-stack, its table serves NAT64, and two 50 ms
-//! probers run side by side in it, one over IPv4 and one over NAT64 (to
-//! the internet server's `64:ff9b::` address), so that one failure is
-//! seen by both at once.
+//! AZ's private subnet holds an IPv4 client and an IPv6-only client, its
+//! table serves NAT64, and two 50 ms probers run side by side, one from
+//! each client (the IPv6-only one's to the internet server's `64:ff9b::`
+//! address), so that one failure is seen by both at once.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -37,7 +37,8 @@ pub fn tcg_timings(c: &mut Config) {
 pub struct TwoVmNats {
     pub lab: Lab,
     pub config: Config,
-    /// Per AZ: the IPv4 prober and the NAT64 prober of its client.
+    /// Per AZ: the IPv4 client's prober and the IPv6-only client's
+    /// (over NAT64).
     pub probes4: Vec<Records>,
     pub probes6: Vec<Records>,
 }
@@ -50,7 +51,8 @@ impl TwoVmNats {
     pub fn start(image: &Path, tune: impl FnOnce(&mut Config)) -> Result<TwoVmNats, String> {
         let spec = LabSpec::with_azs(2)
             .with_vm_nat(0, image.to_path_buf())
-            .with_vm_nat(1, image.to_path_buf());
+            .with_vm_nat(1, image.to_path_buf())
+            .with_ipv6_clients();
         let lab = Lab::start(spec).map_err(|e| e.to_string())?;
         let mut config = lab.vm_nat_config();
         config.nat64.enabled = true;
@@ -86,7 +88,7 @@ impl TwoVmNats {
         let server6 = IpAddr::V6(nat64_address(crate::internet::SERVER));
         let probes4 = (0..2).map(|az| s.lab.start_prober(az)).collect();
         let probes6 = (0..2)
-            .map(|az| s.lab.start_prober_to(az, server6))
+            .map(|az| s.lab.start_prober_in(&s.lab.clients6[az].ns, server6))
             .collect();
         let s = TwoVmNats {
             probes4,

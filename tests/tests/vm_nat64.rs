@@ -15,8 +15,8 @@ use natron_lab::lab::{Lab, LabSpec, Until};
 use natron_lab::{internet, longlived};
 use vm::*;
 
-/// NAT64 on the image's kernel (its Jool): an IPv6 client in the VPC's
-/// IPv6 block finds the IPv4-only internet server by name through the
+/// NAT64 on the image's kernel (its Jool): an IPv6-only client (no IPv4
+/// address at all) in the VPC's IPv6 block finds the IPv4-only internet server by name through the
 /// VPC's DNS64 resolver and reaches it at that `64:ff9b::` address over
 /// TCP (a 10 MB download too), UDP and ping, seen there as the NAT's
 /// Elastic IP with a port of NAT64's range; IPv4 clients still egress
@@ -34,7 +34,8 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
     let lab = Lab::start(
         LabSpec::with_azs(1)
             .with_vm_nat(0, image())
-            .with_vm_control(),
+            .with_vm_control()
+            .with_ipv6_clients(),
     )
     .unwrap();
     let mut config = lab.vm_nat_config();
@@ -59,8 +60,23 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
     assert_eq!(nat64.addresses, vec![lab.nats[0].ip]);
     assert_eq!(nat64.port_range, (61001, 65535));
 
-    let client = lab.clients[0].ns.clone();
-    lab.nat64_client(0).unwrap();
+    let client = lab.nat64_client(0).unwrap().ns.clone();
+    // IPv6 only: no IPv4 address, so nothing of IPv4 leaves it.
+    let v4 = natron_lab::exec::in_ns(&client, "ip", &["-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(v4.trim().is_empty(), "the IPv6-only client has IPv4: {v4}");
+    let over_v4 = lab.run_in(
+        &client,
+        internet::http_get_from(
+            IpAddr::V4(internet::SERVER),
+            "/whoami",
+            Duration::from_secs(2),
+        ),
+    );
+    assert!(
+        over_v4.is_err(),
+        "the IPv6-only client reached IPv4: {over_v4:?}"
+    );
     let table = lab.private_tables[0].clone();
     lab.wait_for(
         "the VM NAT's agent adds the tagged table's NAT64 route to itself",
@@ -225,7 +241,7 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
     // 20 bytes longer), and the upload completes in smaller segments.
     let cached_mtu = |lab: &Lab| {
         natron_lab::exec::in_ns(
-            &lab.clients[0].ns,
+            &lab.client6(0).unwrap().ns,
             "ip",
             &["-6", "route", "get", &server.to_string()],
         )
@@ -258,7 +274,7 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
     let every = Duration::from_secs(1);
     let patience = Duration::from_secs(5);
     let held6 = lab.run_in(&client, longlived::hold_to(server, 20, every, patience));
-    let held4 = lab.run_in(&client, longlived::hold(20, every, patience));
+    let held4 = lab.run_in(&lab.clients[0].ns, longlived::hold(20, every, patience));
     assert_eq!(
         (held6.alive(), held4.alive()),
         (20, 20),
@@ -326,10 +342,11 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
 }
 
 /// NAT64 fails over as IPv4 does: two NATs that are the image, each AZ's
-/// client dual-stack with its table serving NAT64. Powering one NAT off
-/// moves both of its table's routes (`0.0.0.0/0` and `64:ff9b::/96`) to
-/// the other, and the client's new connections recover on both families
-/// through the peer's Elastic IP; powered on again, it takes both back.
+/// private subnet with an IPv4 client and an IPv6-only one, its table
+/// serving NAT64. Powering one NAT off moves both of its table's routes
+/// (`0.0.0.0/0` and `64:ff9b::/96`) to the other, and both clients' new
+/// connections recover through the peer's Elastic IP; powered on again,
+/// it takes both back.
 /// (The outages' figures and the goal are the bench's: `cargo xtask
 /// bench --only nat64-failover`.)
 #[test]
@@ -343,7 +360,7 @@ fn two_images_fail_nat64_over_and_back_with_ipv4() {
         outage.ipv4.as_secs_f64(),
         outage.ipv6.as_secs_f64()
     );
-    // AZ b's own client never left its NAT.
+    // AZ b's own clients never left their NAT.
     let since = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     for (family, probes) in [("IPv4", &s.probes4[1]), ("NAT64", &s.probes6[1])] {

@@ -1,6 +1,6 @@
 //! NAT64's failover beside IPv4's (issue 16's goal): two NATs that are
 //! natron's image (only its kernel has Jool) in one two-AZ lab, each AZ's
-//! client dual-stack with an IPv4 prober and a NAT64 prober side by side.
+//! IPv4 client and IPv6-only client probing side by side (IPv4, NAT64).
 //! Each run pulls one NAT's plug (the AZs take turns), measures its
 //! client's outage on both families from that one failure, then powers
 //! it on again and waits for the failback, so the next run starts from
@@ -50,10 +50,10 @@ pub fn run(image: &Path, runs: usize) -> Result<String, String> {
     Ok([
         format!(
             "Two NATs that are the image under QEMU (TCG, both on this machine's two cores), \
-             NAT64 on, in one two-AZ lab; each AZ's client dual-stack, probing every 50 ms over \
-             IPv4 and over NAT64 (the server's `64:ff9b::` address), each request on a new \
-             connection. {runs} runs, the AZs taking turns: one NAT's plug pulled, its client's \
-             outage measured on both families from that one instant to the first answer through \
+             NAT64 on, in one two-AZ lab; each AZ's IPv4 client and IPv6-only client probing \
+             side by side every 50 ms, over IPv4 and over NAT64 (the server's `64:ff9b::` \
+             address), each request on a new connection. {runs} runs, the AZs taking turns: one \
+             NAT's plug pulled, its clients' outages measured from that one instant to the first answer through \
              the peer's Elastic IP, then the NAT powered on and its failback awaited. Timings: \
              the production defaults except `peer_timeout = {:?}` (a guest under TCG answers \
              slower), `proof_window = {:?}` and `hold_down = {:?}`.",

@@ -1,6 +1,7 @@
-//! IPv6 in the lab, for NAT64: a client with an address in the VPC's
-//! IPv6 block, the router forwarding IPv6, and `64:ff9b::/96` delivered to
-//! the VM NAT (the image, whose kernel has Jool).
+//! IPv6 in the lab, for NAT64: IPv6-only clients (one per private subnet,
+//! no IPv4 at all) with addresses in the VPC's IPv6 block, the router
+//! forwarding IPv6, and `64:ff9b::/96` delivered to the VM NAT (the image,
+//! whose kernel has Jool).
 //!
 //! The VPC's DNS64 resolver answers at Route 53 Resolver's IPv6 address on
 //! the router ([`crate::dns64`]). The router renders the route tables'
@@ -41,6 +42,60 @@ pub fn nat64_address(v4: std::net::Ipv4Addr) -> Ipv6Addr {
     )
 }
 
+/// An IPv6-only client of the lab ([`super::LabSpec::with_ipv6_clients`]).
+#[derive(Debug, Clone)]
+pub struct Ipv6Client {
+    /// Its namespace: `eth0` holds [`Ipv6Client::ip`], no IPv4 address.
+    pub ns: String,
+    /// Its address, in its subnet's /64 of the VPC's IPv6 block.
+    pub ip: Ipv6Addr,
+    /// Its link's name on the router side.
+    pub router_dev: String,
+    pub instance_id: String,
+}
+
+/// Links `host` (AZ `az`'s IPv6-only client) to the router: its address is
+/// the 10th of its subnet's /64 in `block` (the router holds the 1st, the
+/// client's gateway), and nothing of IPv4 is on its side.
+pub(super) fn wire_ipv6_only(
+    rtr: &str,
+    host: &super::Host,
+    mac: &str,
+    block: Ipv6Net,
+    az: usize,
+) -> Result<Ipv6Client, LabError> {
+    let subnet = nth_64(block, 16 + az as u32)?;
+    let gateway = subnet.hosts().nth(1).expect("a /64 has hosts");
+    let ip = subnet.hosts().nth(10).expect("a /64 has hosts");
+    let (dev, ns) = (host.router_dev.as_str(), host.ns.as_str());
+    // `nodad` on both ends: a tentative address cannot be bound or used
+    // as a source until the kernel's DAD work has run.
+    exec::ip_batch(
+        rtr,
+        &[
+            format!("link add {dev} type veth peer name eth0 netns {ns}"),
+            format!("addr add {gateway}/64 dev {dev} nodad"),
+            format!("link set {dev} up"),
+        ],
+    )?;
+    let mut lines = Vec::new();
+    if !mac.is_empty() {
+        lines.push(format!("link set eth0 address {mac}"));
+    }
+    lines.extend([
+        format!("addr add {ip}/64 dev eth0 nodad"),
+        "link set eth0 up".to_string(),
+        format!("route add default via {gateway} dev eth0"),
+    ]);
+    exec::ip_batch(ns, &lines)?;
+    Ok(Ipv6Client {
+        ns: host.ns.clone(),
+        ip,
+        router_dev: host.router_dev.clone(),
+        instance_id: host.instance_id.clone(),
+    })
+}
+
 /// The `n`th /64 of `block`.
 fn nth_64(block: Ipv6Net, n: u32) -> Result<Ipv6Net, LabError> {
     block
@@ -62,39 +117,23 @@ impl Lab {
             .ok_or_else(|| LabError::Setup("the lab's VPC has no IPv6 block".into()))
     }
 
-    /// Gives AZ `az`'s client an address in the VPC's IPv6 block (its
-    /// subnet's /64) and a default route to the router. Returns it.
-    pub fn ipv6_client(&self, az: usize) -> Result<Ipv6Addr, LabError> {
-        let subnet = nth_64(self.vpc_ipv6()?, 16 + az as u32)?;
-        let gateway = subnet.hosts().nth(1).expect("a /64 has hosts");
-        let client = subnet.hosts().nth(10).expect("a /64 has hosts");
-        let cli = &self.clients[az];
-        exec::ip_batch(
-            &self.router_ns,
-            &[format!(
-                "addr add {gateway}/64 dev {} nodad",
-                cli.router_dev
-            )],
-        )?;
-        exec::ip_batch(
-            &cli.ns,
-            &[
-                format!("addr add {client}/64 dev eth0 nodad"),
-                format!("route add default via {gateway} dev eth0"),
-            ],
-        )?;
+    /// AZ `az`'s IPv6-only client, its table made to serve NAT64: the
+    /// table is tagged `natron:nat64` as `natron apply --nat64` tags it, so
+    /// the agent whose NAT its default route names adds `64:ff9b::/96` to
+    /// that NAT, and the router follows the emulator.
+    pub fn nat64_client(&self, az: usize) -> Result<&Ipv6Client, LabError> {
+        let client = self.client6(az)?;
+        self.serve_nat64(&self.private_tables[az])?;
         Ok(client)
     }
 
-    /// [`Lab::ipv6_client`] in an AZ whose table serves NAT64: the table
-    /// is tagged `natron:nat64` as `natron apply --nat64` tags it, so the
-    /// agent whose NAT its default route names adds `64:ff9b::/96` to that
-    /// NAT, and the router follows the emulator. Returns the client's
-    /// address.
-    pub fn nat64_client(&self, az: usize) -> Result<Ipv6Addr, LabError> {
-        let client = self.ipv6_client(az)?;
-        self.serve_nat64(&self.private_tables[az])?;
-        Ok(client)
+    /// AZ `az`'s IPv6-only client.
+    pub fn client6(&self, az: usize) -> Result<&Ipv6Client, LabError> {
+        self.clients6.get(az).ok_or_else(|| {
+            LabError::Setup(format!(
+                "the lab has no IPv6-only client in AZ {az} (LabSpec::with_ipv6_clients)"
+            ))
+        })
     }
 
     /// Sends `table`'s `::/0` to the VPC's egress-only internet gateway in
@@ -160,10 +199,11 @@ impl Lab {
         Ok(RESOLVER_IPV6.into())
     }
 
-    /// A second address on AZ `az`'s client, outside every IPv6 block of
-    /// the VPC (a source NAT64 must refuse); the router routes it back.
+    /// A second address on AZ `az`'s IPv6-only client, outside every IPv6
+    /// block of the VPC (a source NAT64 must refuse); the router routes it
+    /// back.
     pub fn foreign_ipv6(&self, az: usize) -> Result<Ipv6Addr, LabError> {
-        let cli = &self.clients[az];
+        let cli = self.client6(az)?;
         let net: Ipv6Net = format!("fd00:bad:0:{az}::/64").parse().expect("prefix");
         let addr = net.hosts().nth(10).expect("a /64 has hosts");
         exec::ip_batch(&cli.ns, &[format!("addr add {addr}/64 dev eth0 nodad")])?;

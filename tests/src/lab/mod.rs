@@ -4,7 +4,7 @@
 //!   cli-a (10.0.10.10) ─┐                      ┌─ ctl: moto (10.0.255.10:5000), IMDS (169.254.169.254)
 //!   nat-a (10.0.0.10)  ─┤── rtr (VPC router) ──┤
 //!   cli-b, nat-b ...   ─┘   policy routing per └─ igw: 1:1 NAT ── inet: server 198.51.100.10
-//!                           subnet route table,
+//!   (c6-a: IPv6 only)       subnet route table,    eigw: egress-only ──┘ (and 2001:db8:…)
 //!                           source/dest check
 //! ```
 //! Every namespace is named `nt-<pid>-<seq>-<role>` and deleted when the
@@ -49,7 +49,7 @@ pub use agents::{
     agent_binary, default_config, failover_config, fast_config, AgentConfig, AgentId,
     NO_ENV_CREDENTIALS,
 };
-pub use ipv6::{link_local, nat64_address, RESOLVER_IPV6, SERVER_NAME};
+pub use ipv6::{link_local, nat64_address, Ipv6Client, RESOLVER_IPV6, SERVER_NAME};
 pub use observe::masked_lines;
 pub use paths::VPC_MTU;
 use provision::provision;
@@ -96,6 +96,9 @@ pub struct Lab {
     pub vpc_id: String,
     pub nats: Vec<Host>,
     pub clients: Vec<Host>,
+    /// The IPv6-only clients, one per AZ, when the spec asks for them
+    /// ([`LabSpec::with_ipv6_clients`]).
+    pub clients6: Vec<Ipv6Client>,
     /// The private subnets' route tables (tagged for natron), per AZ.
     pub private_tables: Vec<String>,
     pub public_table: String,
@@ -171,6 +174,7 @@ impl Lab {
         let mut vms = Vec::new();
         let mut nats = Vec::new();
         let mut clients = Vec::new();
+        let mut hosts6 = Vec::new();
         for (i, az) in spec.azs.iter().enumerate() {
             for (role, launched, gateway_net, list) in [
                 (
@@ -223,6 +227,24 @@ impl Lab {
                 attachments.insert(host.instance_id.clone(), host.router_dev.clone());
                 list.push(host);
             }
+            if let Some(launched) = provisioned.clients6.get(i) {
+                // Its link comes once the VPC's IPv6 block is known (after
+                // the first sync); its rule (by instance) is there before.
+                let host = Host {
+                    ns: name(&format!("c6-{}", az.letter)),
+                    router_dev: format!("i-c6-{}", az.letter),
+                    role: format!("c6-{}", az.letter),
+                    instance_id: launched.instance_id.clone(),
+                    interface_id: launched.interface_id.clone(),
+                    subnet_id: launched.subnet_id.clone(),
+                    ip: launched.ip,
+                    vm: false,
+                };
+                netns::create(&host.ns)?;
+                cleanup.namespaces.push(host.ns.clone());
+                attachments.insert(host.instance_id.clone(), host.router_dev.clone());
+                hosts6.push((host, launched.mac.clone()));
+            }
         }
 
         // First sync before anything runs, then keep syncing.
@@ -246,6 +268,15 @@ impl Lab {
             let result = syncer.pass().await;
             result.map(|_| syncer)
         })?;
+        let clients6 = match view.read().expect("view").ipv6_cidrs.first() {
+            Some(block) => hosts6
+                .into_iter()
+                .enumerate()
+                .map(|(az, (host, mac))| ipv6::wire_ipv6_only(&router_ns, &host, &mac, *block, az))
+                .collect::<Result<Vec<_>, _>>()?,
+            None if hosts6.is_empty() => Vec::new(),
+            None => return Err(LabError::Setup("the lab's VPC has no IPv6 block".into())),
+        };
         ctl.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -295,6 +326,7 @@ impl Lab {
             vpc_id: provisioned.vpc_id,
             nats,
             clients,
+            clients6,
             private_tables: provisioned.private_tables,
             public_table: provisioned.public_table,
             view,
@@ -438,17 +470,14 @@ impl Lab {
 
     /// Starts a 50 ms prober in client `az`'s subnet.
     pub fn start_prober(&self, az: usize) -> Records {
-        self.start_prober_to(az, crate::internet::SERVER.into())
+        self.start_prober_in(&self.clients[az].ns, crate::internet::SERVER.into())
     }
 
-    /// [`Lab::start_prober`] to `server` (the internet server's NAT64
-    /// address: over IPv6 from a [`Lab::nat64_client`]).
-    pub fn start_prober_to(&self, az: usize, server: std::net::IpAddr) -> Records {
+    /// A 50 ms prober in namespace `ns` to `server` (the internet server's
+    /// NAT64 address from an [`Ipv6Client`]).
+    pub fn start_prober_in(&self, ns: &str, server: std::net::IpAddr) -> Records {
         let records = Records::default();
-        self.spawn_in(
-            &self.clients[az].ns,
-            prober::run_to(records.clone(), server),
-        );
+        self.spawn_in(ns, prober::run_to(records.clone(), server));
         records
     }
 

@@ -26,6 +26,8 @@ pub(super) struct Provisioned {
     pub(super) private_tables: Vec<String>,
     pub(super) nats: Vec<Launched>,
     pub(super) clients: Vec<Launched>,
+    /// The IPv6-only clients, when the spec asks for them.
+    pub(super) clients6: Vec<Launched>,
 }
 
 pub(super) fn emu<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> LabError + '_ {
@@ -114,6 +116,7 @@ pub(super) async fn provision(
         private_tables: Vec::new(),
         nats: Vec::new(),
         clients: Vec::new(),
+        clients6: Vec::new(),
     };
     for az in &spec.azs {
         let subnet = |cidr: Ipv4Net, name: String| {
@@ -221,6 +224,17 @@ pub(super) async fn provision(
             )
             .await?,
         );
+        if spec.ipv6_clients {
+            out.clients6.push(
+                launch(
+                    ec2,
+                    &private,
+                    az.client6_ip,
+                    &[("Name", &format!("client6-{}", az.letter))],
+                )
+                .await?,
+            );
+        }
     }
     Ok(out)
 }

@@ -29,6 +29,9 @@ pub struct AzSpec {
     pub private_cidr: Ipv4Net,
     pub nat_ip: Ipv4Addr,
     pub client_ip: Ipv4Addr,
+    /// The IPv6-only client's IPv4 address in the emulator, which every
+    /// instance there has; its namespace holds none ([`LabSpec::with_ipv6_clients`]).
+    pub client6_ip: Ipv4Addr,
     /// The NAT's Elastic IP (TEST-NET-3).
     pub eip: Ipv4Addr,
 }
@@ -56,6 +59,8 @@ pub struct LabSpec {
     /// Each AZ's address pool (`nat.addresses`): 1 + the slot Elastic IPs
     /// allocated and tagged as `natron apply --addresses` does.
     pub addresses: u32,
+    /// Each private subnet also holds an IPv6-only client (NAT64's).
+    pub ipv6_clients: bool,
 }
 
 /// The NAT of AZ `az` is `image` booted under QEMU, on a TAP device
@@ -85,6 +90,7 @@ impl LabSpec {
                     private_cidr: format!("10.0.{}.0/24", 10 + i).parse().expect("cidr"),
                     nat_ip: Ipv4Addr::new(10, 0, i, 10),
                     client_ip: Ipv4Addr::new(10, 0, 10 + i, 10),
+                    client6_ip: Ipv4Addr::new(10, 0, 10 + i, 20),
                     eip: Ipv4Addr::new(203, 0, 113, 10 + i),
                 }
             })
@@ -95,6 +101,7 @@ impl LabSpec {
             vm_nats: Vec::new(),
             user_tables: false,
             addresses: 1,
+            ipv6_clients: false,
         }
     }
 
@@ -103,6 +110,18 @@ impl LabSpec {
     pub fn with_addresses(mut self, n: u32) -> LabSpec {
         assert!((1..10).contains(&n), "the lab has room for 9 slots an AZ");
         self.addresses = n;
+        self
+    }
+
+    /// Each private subnet also holds an IPv6-only client: an instance in
+    /// the emulator (the router routes by instance) whose namespace has an
+    /// address in its subnet's /64 of the VPC's IPv6 block and no IPv4 at
+    /// all ([`Lab::clients6`]), as a Lambda function in an IPv6-only
+    /// subnet.
+    ///
+    /// [`Lab::clients6`]: super::Lab::clients6
+    pub fn with_ipv6_clients(mut self) -> LabSpec {
+        self.ipv6_clients = true;
         self
     }
 
