@@ -60,10 +60,10 @@ pub fn run(image: &Path, runs: usize) -> Result<String, String> {
             c.peer_timeout, c.proof_window, c.hold_down
         ),
         String::new(),
-        "| outage of the dead NAT's client | runs | median | min | p90 | max | goal |".into(),
+        "| outage of the dead NAT's clients | runs | median | min | p90 | max | goal |".into(),
         "|---|---|---|---|---|---|---|".into(),
         row("IPv4", &v4, ""),
-        row("NAT64 (IPv6 client)", &v6, ""),
+        row("NAT64 (IPv6-only client)", &v6, ""),
         row(
             "NAT64 minus IPv4, same failure",
             &gap,
