@@ -196,16 +196,7 @@ impl Lab {
                     .find(|v| v.az == i)
                     .filter(|_| role.starts_with("nat-"));
                 let is_vm = vm_spec.is_some();
-                let host = Host {
-                    ns: name(&role),
-                    router_dev: format!("i-{role}"),
-                    role,
-                    instance_id: launched.instance_id.clone(),
-                    interface_id: launched.interface_id.clone(),
-                    subnet_id: launched.subnet_id.clone(),
-                    ip: launched.ip,
-                    vm: is_vm,
-                };
+                let host = launched.host(name(&role), role, is_vm);
                 netns::create(&host.ns)?;
                 cleanup.namespaces.push(host.ns.clone());
                 if let Some(v) = vm_spec {
@@ -230,16 +221,8 @@ impl Lab {
             if let Some(launched) = provisioned.clients6.get(i) {
                 // Its link comes once the VPC's IPv6 block is known (after
                 // the first sync); its rule (by instance) is there before.
-                let host = Host {
-                    ns: name(&format!("c6-{}", az.letter)),
-                    router_dev: format!("i-c6-{}", az.letter),
-                    role: format!("c6-{}", az.letter),
-                    instance_id: launched.instance_id.clone(),
-                    interface_id: launched.interface_id.clone(),
-                    subnet_id: launched.subnet_id.clone(),
-                    ip: launched.ip,
-                    vm: false,
-                };
+                let role = format!("c6-{}", az.letter);
+                let host = launched.host(name(&role), role, false);
                 netns::create(&host.ns)?;
                 cleanup.namespaces.push(host.ns.clone());
                 attachments.insert(host.instance_id.clone(), host.router_dev.clone());

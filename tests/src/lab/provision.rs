@@ -20,6 +20,23 @@ pub(super) struct Launched {
     pub(super) ip: Ipv4Addr,
 }
 
+impl Launched {
+    /// The lab's host for this instance: namespace `ns`, router link
+    /// `i-<role>`.
+    pub(super) fn host(&self, ns: String, role: String, vm: bool) -> Host {
+        Host {
+            ns,
+            router_dev: format!("i-{role}"),
+            role,
+            instance_id: self.instance_id.clone(),
+            interface_id: self.interface_id.clone(),
+            subnet_id: self.subnet_id.clone(),
+            ip: self.ip,
+            vm,
+        }
+    }
+}
+
 pub(super) struct Provisioned {
     pub(super) vpc_id: String,
     pub(super) public_table: String,
