@@ -286,8 +286,8 @@ fn eigw_refused(lab: &Lab) -> u64 {
 fn ipv6_leaves_through_the_egress_only_gateway_which_lets_only_answers_in() {
     use std::net::{IpAddr, Ipv6Addr};
     let lab = Lab::start(LabSpec::with_azs(1).with_ipv6_clients()).unwrap();
-    let client = lab.client6(0).unwrap().ip;
-    let ns = lab.client6(0).unwrap().ns.clone();
+    let client6 = lab.client6(0).unwrap().clone();
+    let (client, ns) = (client6.ip, client6.ns.clone());
     let get = || {
         lab.run_in(
             &ns,
@@ -323,7 +323,7 @@ fn ipv6_leaves_through_the_egress_only_gateway_which_lets_only_answers_in() {
             "from",
             &client.to_string(),
             "iif",
-            &lab.client6(0).unwrap().router_dev,
+            &client6.router_dev,
         ],
     )
     .unwrap();

@@ -239,13 +239,9 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
     // "fragmentation needed" (1,400) to the NAT's address comes back to
     // the client translated as "packet too big" (1,420: the IPv6 header is
     // 20 bytes longer), and the upload completes in smaller segments.
-    let cached_mtu = |lab: &Lab| {
-        natron_lab::exec::in_ns(
-            &lab.client6(0).unwrap().ns,
-            "ip",
-            &["-6", "route", "get", &server.to_string()],
-        )
-        .unwrap_or_else(|e| panic!("ip -6 route get: {e}"))
+    let cached_mtu = || {
+        natron_lab::exec::in_ns(&client, "ip", &["-6", "route", "get", &server.to_string()])
+            .unwrap_or_else(|e| panic!("ip -6 route get: {e}"))
     };
     for (narrow, learned) in [(1400, "mtu 1420"), (1000, "mtu 1280")] {
         lab.narrow_path_out(0, narrow).unwrap();
@@ -256,10 +252,10 @@ fn the_image_translates_nat64_for_the_vpcs_ipv6_networks_only() {
         .unwrap_or_else(|e| {
             panic!(
                 "2 MB up over NAT64 through a {narrow}-byte hop: {e}\n{}",
-                cached_mtu(&lab)
+                cached_mtu()
             )
         });
-        let route = cached_mtu(&lab);
+        let route = cached_mtu();
         assert!(
             route.contains(learned),
             "the client learned the path MTU ({learned}) through a {narrow}-byte hop: {route}"

@@ -78,16 +78,7 @@ pub(super) fn wire_ipv6_only(
             format!("link set {dev} up"),
         ],
     )?;
-    let mut lines = Vec::new();
-    if !mac.is_empty() {
-        lines.push(format!("link set eth0 address {mac}"));
-    }
-    lines.extend([
-        format!("addr add {ip}/64 dev eth0 nodad"),
-        "link set eth0 up".to_string(),
-        format!("route add default via {gateway} dev eth0"),
-    ]);
-    exec::ip_batch(ns, &lines)?;
+    super::wiring::wire_eth0(ns, mac, &format!("{ip}/64 nodad"), gateway.into())?;
     Ok(Ipv6Client {
         ns: host.ns.clone(),
         ip,

@@ -264,16 +264,31 @@ pub(super) fn wire_host(
     subnet: Ipv4Net,
 ) -> Result<(), LabError> {
     let gateway = link_to_router(rtr, host, subnet, None)?;
+    wire_eth0(
+        &host.ns,
+        mac,
+        &format!("{}/{}", host.ip, subnet.prefix_len()),
+        gateway.into(),
+    )
+}
+
+/// The instance's side of its link in namespace `ns`: `eth0` with its
+/// emulator MAC (when it has one), `addr` (a prefix and any flags, as `ip
+/// addr add` takes them), up, and a default route to `gateway`.
+pub(super) fn wire_eth0(
+    ns: &str,
+    mac: &str,
+    addr: &str,
+    gateway: std::net::IpAddr,
+) -> Result<(), LabError> {
     let mut lines = Vec::new();
     if !mac.is_empty() {
         lines.push(format!("link set eth0 address {mac}"));
     }
-    lines.push(format!(
-        "addr add {}/{} dev eth0",
-        host.ip,
-        subnet.prefix_len()
-    ));
-    lines.push("link set eth0 up".to_string());
-    lines.push(format!("route add default via {gateway} dev eth0"));
-    exec::ip_batch(&host.ns, &lines)
+    lines.extend([
+        format!("addr add {addr} dev eth0"),
+        "link set eth0 up".to_string(),
+        format!("route add default via {gateway} dev eth0"),
+    ]);
+    exec::ip_batch(ns, &lines)
 }
